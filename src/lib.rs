@@ -1,0 +1,15 @@
+//! # lwpf: partially forgetting attention
+//!
+//! Attention is the update rule of a modern Hopfield network. Learning with
+//! Partial Forgetting (LwPF; Ota, Sato, Kawakami, Tanaka, Inoue, AISTATS 2023)
+//! passes every attention score through a *forgetting function* before the
+//! softmax: a score at or below a threshold `z` is replaced by a bias `b`, and
+//! its memory drops out of the retrieval. This crate implements that op
+//! ([`op`]) on several backends that agree with one contract, a small autograd
+//! ([`autograd`]) and the paper's models built around the op.
+
+pub mod error;
+pub mod gemm;
+pub mod op;
+
+pub use error::{Error, Result};

@@ -1,0 +1,331 @@
+//! Partially forgetting attention: the op, its options and its backends.
+//!
+//! Every score `s = beta * q . k` passes through the forgetting function before
+//! the softmax: an entry with `s <= z` is *forgotten*, its value replaced by the
+//! bias `b`, and (with `drop_forgotten`) its memory leaves the numerator of the
+//! retrieval. `../shared/SPEC.md` is the contract; this module holds the types
+//! every backend shares and picks the backend.
+//!
+//! Tensors are flat row-major `f32` slices: Q `[B, H, Nq, D]`, K `[B, H, Nk, D]`,
+//! V `[B, H, Nk, Dv]`, the key padding mask `[B, Nk]` (true = a real key), O
+//! `[B, H, Nq, Dv]` and `lse` `[B, H, Nq]`.
+
+pub mod config;
+pub mod fast;
+pub mod median;
+pub mod philox;
+pub mod reference;
+pub mod unfused;
+
+pub use config::{AttentionConfig, Bias, Center, Forgetting, Pfu};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Sizes of one call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shape {
+    pub batch: usize,
+    pub heads: usize,
+    pub n_q: usize,
+    pub n_k: usize,
+    pub d: usize,
+    pub d_v: usize,
+}
+
+impl Shape {
+    /// Shape with `d_v = d`.
+    pub fn new(batch: usize, heads: usize, n_q: usize, n_k: usize, d: usize) -> Self {
+        Shape {
+            batch,
+            heads,
+            n_q,
+            n_k,
+            d,
+            d_v: d,
+        }
+    }
+
+    pub fn q_len(&self) -> usize {
+        self.batch * self.heads * self.n_q * self.d
+    }
+    pub fn k_len(&self) -> usize {
+        self.batch * self.heads * self.n_k * self.d
+    }
+    pub fn v_len(&self) -> usize {
+        self.batch * self.heads * self.n_k * self.d_v
+    }
+    pub fn o_len(&self) -> usize {
+        self.batch * self.heads * self.n_q * self.d_v
+    }
+    pub fn rows(&self) -> usize {
+        self.batch * self.heads * self.n_q
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "[B={}, H={}, Nq={}, Nk={}, D={}, Dv={}]",
+            self.batch, self.heads, self.n_q, self.n_k, self.d, self.d_v
+        )
+    }
+}
+
+/// The tensors of one call, borrowed.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionInput<'a> {
+    pub q: &'a [f32],
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    /// Key padding mask `[B, Nk]`, true = a real key; `None` = all real.
+    pub valid: Option<&'a [bool]>,
+    pub shape: Shape,
+}
+
+impl AttentionInput<'_> {
+    /// Whether key `j` of batch item `b` takes part in the call.
+    #[inline]
+    pub fn is_valid(&self, b: usize, j: usize) -> bool {
+        self.valid.is_none_or(|m| m[b * self.shape.n_k + j])
+    }
+
+    /// Checks shapes and values (SPEC section 6).
+    pub fn validate(&self) -> Result<()> {
+        let s = self.shape;
+        for (dim, n) in [
+            ("batch", s.batch),
+            ("heads", s.heads),
+            ("d", s.d),
+            ("d_v", s.d_v),
+        ] {
+            if n == 0 {
+                return Err(Error::ZeroDim { dim });
+            }
+        }
+        let check_len = |tensor, got, expected| {
+            if got != expected {
+                Err(Error::ShapeMismatch {
+                    tensor,
+                    got,
+                    expected,
+                    shape: s.to_string(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        check_len("Q", self.q.len(), s.q_len())?;
+        check_len("K", self.k.len(), s.k_len())?;
+        check_len("V", self.v.len(), s.v_len())?;
+        if let Some(m) = self.valid {
+            check_len("key padding mask", m.len(), s.batch * s.n_k)?;
+        }
+        check_finite("Q", self.q)?;
+        check_finite("K", self.k)?;
+        check_finite("V", self.v)?;
+        Ok(())
+    }
+}
+
+/// Fails with the tensor's name and the first non-finite element.
+pub fn check_finite(tensor: &'static str, x: &[f32]) -> Result<()> {
+    match x.iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(Error::NonFinite {
+            tensor,
+            index,
+            value: x[index],
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The threshold of one call once resolved: all backends decide kept versus
+/// forgotten as `s > z` with these numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Threshold {
+    /// Entries with `s <= z` are forgotten (`-inf` for `none`).
+    pub z: f32,
+    /// Value of a forgotten entry (`-inf` allowed).
+    pub b: f32,
+    /// The centre when it is the median of the call's scores.
+    pub m: Option<f32>,
+    /// Whether `b` passes its gradient on to the scores equal to `m`.
+    pub center_gradient: bool,
+}
+
+impl Threshold {
+    /// The threshold of plain attention: nothing is ever forgotten.
+    pub const NONE: Threshold = Threshold {
+        z: f32::NEG_INFINITY,
+        b: f32::NEG_INFINITY,
+        m: None,
+        center_gradient: false,
+    };
+
+    /// Resolves the threshold of a call from its options and, for a median
+    /// centre, the median of its valid scores (`None` when it has none).
+    pub fn resolve(cfg: &AttentionConfig, median: Option<f32>) -> Threshold {
+        match cfg.forgetting {
+            Forgetting::None => Threshold::NONE,
+            Forgetting::Relu => Threshold {
+                z: 0.0,
+                b: 0.0,
+                m: None,
+                center_gradient: false,
+            },
+            Forgetting::Pfu(p) => {
+                let (center, m) = match p.center {
+                    Center::Fixed(c) => (c, None),
+                    Center::Median => (median.unwrap_or(0.0), median),
+                };
+                let z = if cfg.training {
+                    center + p.noise_std * philox::threshold_eps(cfg.seed)
+                } else {
+                    center
+                };
+                let b = match p.bias {
+                    Bias::Threshold => z,
+                    Bias::Fixed(b) => b,
+                    Bias::NegInf => f32::NEG_INFINITY,
+                };
+                let center_gradient =
+                    p.center_gradient && m.is_some() && matches!(p.bias, Bias::Threshold);
+                Threshold {
+                    z,
+                    b,
+                    m,
+                    center_gradient,
+                }
+            }
+        }
+    }
+}
+
+/// Statistics of one call, for logging and for the backward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallStats {
+    /// The threshold used.
+    pub threshold: Threshold,
+    /// Number of forgotten entries (valid entries with `s <= z`).
+    pub forgotten: u64,
+    /// Number of valid entries (score count of the call).
+    pub entries: u64,
+    /// Number of valid entries whose score equals the median `m`.
+    pub at_median: u64,
+}
+
+impl CallStats {
+    /// Fraction of the call's valid entries that were forgotten.
+    pub fn forgotten_fraction(&self) -> f64 {
+        if self.entries == 0 {
+            0.0
+        } else {
+            self.forgotten as f64 / self.entries as f64
+        }
+    }
+}
+
+/// Result of the forward pass.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    /// Output `[B, H, Nq, Dv]`.
+    pub o: Vec<f32>,
+    /// `log(den)` per row `[B, H, Nq]`, `-inf` for an empty row.
+    pub lse: Vec<f32>,
+    pub stats: CallStats,
+}
+
+/// Gradients of the backward pass.
+#[derive(Clone, Debug)]
+pub struct Grads {
+    pub dq: Vec<f32>,
+    pub dk: Vec<f32>,
+    pub dv: Vec<f32>,
+}
+
+/// Which implementation runs the op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Backend {
+    /// The f64 oracle: obvious, materializes every score, slow.
+    Reference,
+    /// The fast CPU path: tiled, online softmax, no N x N buffer, multithreaded.
+    #[default]
+    Cpu,
+    /// The unfused CPU baseline that materializes the N x N scores the way the
+    /// authors' PyTorch code does; kept for benchmarks.
+    Unfused,
+    /// The fused CUDA kernels.
+    Cuda,
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Reference => "reference",
+            Backend::Cpu => "cpu",
+            Backend::Unfused => "unfused",
+            Backend::Cuda => "cuda",
+        }
+    }
+}
+
+fn cuda_unavailable() -> Error {
+    Error::BackendUnavailable {
+        backend: "cuda",
+        reason: "this build has no CUDA backend yet".into(),
+    }
+}
+
+/// Forward pass of partially forgetting attention.
+pub fn forward(
+    input: &AttentionInput,
+    cfg: &AttentionConfig,
+    backend: Backend,
+) -> Result<Forward> {
+    cfg.validate()?;
+    input.validate()?;
+    match backend {
+        Backend::Reference => Ok(reference::forward(input, cfg)),
+        Backend::Cpu => Ok(fast::forward(input, cfg)),
+        Backend::Unfused => Ok(unfused::forward(input, cfg)),
+        Backend::Cuda => Err(cuda_unavailable()),
+    }
+}
+
+/// Backward pass: the gradients of a scalar loss with respect to Q, K and V,
+/// given its gradient `d_o` with respect to the output of `fwd`.
+pub fn backward(
+    input: &AttentionInput,
+    cfg: &AttentionConfig,
+    fwd: &Forward,
+    d_o: &[f32],
+    backend: Backend,
+) -> Result<Grads> {
+    cfg.validate()?;
+    input.validate()?;
+    let s = input.shape;
+    for (tensor, got, expected) in [
+        ("dO", d_o.len(), s.o_len()),
+        ("O", fwd.o.len(), s.o_len()),
+        ("lse", fwd.lse.len(), s.rows()),
+    ] {
+        if got != expected {
+            return Err(Error::ShapeMismatch {
+                tensor,
+                got,
+                expected,
+                shape: s.to_string(),
+            });
+        }
+    }
+    check_finite("dO", d_o)?;
+    match backend {
+        Backend::Reference => Ok(reference::backward(input, cfg, fwd, d_o)),
+        Backend::Cpu => Ok(fast::backward(input, cfg, fwd, d_o)),
+        Backend::Unfused => Ok(unfused::backward(input, cfg, fwd, d_o)),
+        Backend::Cuda => Err(cuda_unavailable()),
+    }
+}

@@ -1,0 +1,8 @@
+//! Placeholder while the backend is written.
+use super::{AttentionConfig, AttentionInput, Forward, Grads};
+pub fn forward(_input: &AttentionInput, _cfg: &AttentionConfig) -> Forward {
+    unimplemented!("unfused forward")
+}
+pub fn backward(_input: &AttentionInput, _cfg: &AttentionConfig, _fwd: &Forward, _d_o: &[f32]) -> Grads {
+    unimplemented!("unfused backward")
+}
