@@ -46,6 +46,22 @@ pub enum Error {
         reason: String,
     },
 
+    /// Two tensors given to an autograd op do not fit together.
+    #[error("{op}: {what}")]
+    OpShape { op: &'static str, what: String },
+
+    /// A model or training configuration is inconsistent.
+    #[error("invalid configuration: {what}")]
+    InvalidConfig { what: String },
+
+    /// One record of a data file is malformed.
+    #[error("{path}: record {record}: {what}")]
+    DataRecord {
+        path: PathBuf,
+        record: usize,
+        what: String,
+    },
+
     /// A data file is malformed.
     #[error("{path}: {what}")]
     Data { path: PathBuf, what: String },

@@ -280,13 +280,26 @@ fn cuda_unavailable() -> Error {
 }
 
 /// Forward pass of partially forgetting attention.
-pub fn forward(
-    input: &AttentionInput,
-    cfg: &AttentionConfig,
-    backend: Backend,
-) -> Result<Forward> {
+pub fn forward(input: &AttentionInput, cfg: &AttentionConfig, backend: Backend) -> Result<Forward> {
     cfg.validate()?;
     input.validate()?;
+    if backend == Backend::Cuda {
+        return Err(cuda_unavailable());
+    }
+    let s = input.shape;
+    if s.n_q == 0 || s.n_k == 0 {
+        // No score at all: every row is empty (SPEC section 6).
+        return Ok(Forward {
+            o: vec![0.0; s.o_len()],
+            lse: vec![f32::NEG_INFINITY; s.rows()],
+            stats: CallStats {
+                threshold: Threshold::resolve(cfg, None),
+                forgotten: 0,
+                entries: 0,
+                at_median: 0,
+            },
+        });
+    }
     match backend {
         Backend::Reference => Ok(reference::forward(input, cfg)),
         Backend::Cpu => Ok(fast::forward(input, cfg)),
@@ -322,6 +335,16 @@ pub fn backward(
         }
     }
     check_finite("dO", d_o)?;
+    if backend == Backend::Cuda {
+        return Err(cuda_unavailable());
+    }
+    if s.n_q == 0 || s.n_k == 0 {
+        return Ok(Grads {
+            dq: vec![0.0; s.q_len()],
+            dk: vec![0.0; s.k_len()],
+            dv: vec![0.0; s.v_len()],
+        });
+    }
     match backend {
         Backend::Reference => Ok(reference::backward(input, cfg, fwd, d_o)),
         Backend::Cpu => Ok(fast::backward(input, cfg, fwd, d_o)),
