@@ -18,10 +18,7 @@ fn compare_lse(name: &str, got: &[f32], want: &[f32]) {
         if *w == f32::NEG_INFINITY {
             assert_eq!(*g, f32::NEG_INFINITY, "{name}: lse[{i}]");
         } else {
-            assert!(
-                (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                "{name}: lse[{i}] {g} vs {w}"
-            );
+            assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{name}: lse[{i}] {g} vs {w}");
         }
     }
 }
@@ -87,10 +84,7 @@ fn unfused_baseline_matches_reference() {
 fn fast_path_matches_reference_at_reported_threshold() {
     let seed = run_seed("reported threshold");
     let mut r = rng(seed);
-    let shape = Shape {
-        d_v: 5,
-        ..Shape::new(2, 2, 67, 133, 8)
-    };
+    let shape = Shape { d_v: 5, ..Shape::new(2, 2, 67, 133, 8) };
     for f in [
         Forgetting::None,
         Forgetting::Relu,
@@ -100,19 +94,8 @@ fn fast_path_matches_reference_at_reported_threshold() {
         let q = uniform(&mut r, shape.q_len());
         let k = uniform(&mut r, shape.k_len());
         let v = uniform(&mut r, shape.v_len());
-        let input = AttentionInput {
-            q: &q,
-            k: &k,
-            v: &v,
-            valid: None,
-            shape,
-        };
-        let cfg = op::AttentionConfig {
-            forgetting: f,
-            training: true,
-            seed,
-            ..Default::default()
-        };
+        let input = AttentionInput { q: &q, k: &k, v: &v, valid: None, shape };
+        let cfg = op::AttentionConfig { forgetting: f, training: true, seed, ..Default::default() };
         let got = op::forward(&input, &cfg, Backend::Cpu).expect("fast");
         let want = op::reference::forward_at(&input, &cfg, got.stats.threshold);
         let e = rel_l2(&got.o, &want.o);
@@ -136,24 +119,16 @@ fn fast_path_matches_reference_at_reported_threshold() {
 fn exact_median_on_both_sides_of_the_budget() {
     let seed = run_seed("median");
     let mut r = rng(seed);
-    let shapes = [
-        Shape::new(1, 1, 1, 1, 3),
-        Shape::new(2, 3, 70, 150, 5),
-        Shape::new(1, 2, 129, 257, 4),
-    ];
+    let shapes =
+        [Shape::new(1, 1, 1, 1, 3), Shape::new(2, 3, 70, 150, 5), Shape::new(1, 2, 129, 257, 4)];
     for shape in shapes {
         for use_mask in [false, true] {
             let q = dyadic(&mut r, shape.q_len());
             let k = dyadic(&mut r, shape.k_len());
             let m = mask(&mut r, shape.batch, shape.n_k, false);
             let v = vec![0.0; shape.v_len()];
-            let input = AttentionInput {
-                q: &q,
-                k: &k,
-                v: &v,
-                valid: use_mask.then_some(&m[..]),
-                shape,
-            };
+            let input =
+                AttentionInput { q: &q, k: &k, v: &v, valid: use_mask.then_some(&m[..]), shape };
             let beta = 0.5;
             let mut all = Vec::new();
             for bh in 0..shape.batch * shape.heads {
@@ -180,13 +155,7 @@ fn exact_median_on_both_sides_of_the_budget() {
     let q = uniform(&mut r, shape.q_len());
     let k = uniform(&mut r, shape.k_len());
     let v = vec![0.0; shape.v_len()];
-    let input = AttentionInput {
-        q: &q,
-        k: &k,
-        v: &v,
-        valid: None,
-        shape,
-    };
+    let input = AttentionInput { q: &q, k: &k, v: &v, valid: None, shape };
     let a = op::median::call_median(&input, 0.3, usize::MAX);
     assert_eq!(a, op::median::call_median(&input, 0.3, 0));
     assert_eq!(a, op::median::call_median(&input, 0.3, 1000));

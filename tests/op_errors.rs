@@ -16,93 +16,31 @@ fn shape_and_value_errors_name_the_tensor() {
     let s = Shape::new(1, 2, 3, 4, 5);
     let (q, k, v) = (ones(s.q_len()), ones(s.k_len()), ones(s.v_len()));
     let cfg = AttentionConfig::default();
-    let ok = AttentionInput {
-        q: &q,
-        k: &k,
-        v: &v,
-        valid: None,
-        shape: s,
-    };
+    let ok = AttentionInput { q: &q, k: &k, v: &v, valid: None, shape: s };
     assert!(forward(&ok, &cfg).is_ok());
 
     let short = ones(s.k_len() - 1);
     let e = forward(&AttentionInput { k: &short, ..ok }, &cfg).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::ShapeMismatch {
-                tensor: "K",
-                got: 39,
-                expected: 40,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, Error::ShapeMismatch { tensor: "K", got: 39, expected: 40, .. }), "{e}");
 
     let mask = vec![true; 3];
-    let e = forward(
-        &AttentionInput {
-            valid: Some(&mask),
-            ..ok
-        },
-        &cfg,
-    )
-    .unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::ShapeMismatch {
-                tensor: "key padding mask",
-                ..
-            }
-        ),
-        "{e}"
-    );
+    let e = forward(&AttentionInput { valid: Some(&mask), ..ok }, &cfg).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { tensor: "key padding mask", .. }), "{e}");
 
     let mut bad = v.clone();
     bad[7] = f32::NAN;
     let e = forward(&AttentionInput { v: &bad, ..ok }, &cfg).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::NonFinite {
-                tensor: "V",
-                index: 7,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, Error::NonFinite { tensor: "V", index: 7, .. }), "{e}");
     assert!(e.to_string().contains('V'));
 
     let mut inf = q.clone();
     inf[0] = f32::INFINITY;
     let e = forward(&AttentionInput { q: &inf, ..ok }, &cfg).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::NonFinite {
-                tensor: "Q",
-                index: 0,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, Error::NonFinite { tensor: "Q", index: 0, .. }), "{e}");
 
     let zero_d = Shape::new(1, 2, 3, 4, 0);
-    let e = forward(
-        &AttentionInput {
-            q: &[],
-            k: &[],
-            v: &[],
-            valid: None,
-            shape: zero_d,
-        },
-        &cfg,
-    )
-    .unwrap_err();
+    let e = forward(&AttentionInput { q: &[], k: &[], v: &[], valid: None, shape: zero_d }, &cfg)
+        .unwrap_err();
     assert!(matches!(e, Error::ZeroDim { dim: "d" }), "{e}");
 }
 
@@ -110,69 +48,16 @@ fn shape_and_value_errors_name_the_tensor() {
 fn option_errors_name_the_option() {
     let s = Shape::new(1, 1, 2, 2, 2);
     let (q, k, v) = (ones(s.q_len()), ones(s.k_len()), ones(s.v_len()));
-    let input = AttentionInput {
-        q: &q,
-        k: &k,
-        v: &v,
-        valid: None,
-        shape: s,
-    };
-    let pfu = |noise_std| {
-        Forgetting::Pfu(Pfu {
-            noise_std,
-            ..Pfu::median_preset()
-        })
-    };
+    let input = AttentionInput { q: &q, k: &k, v: &v, valid: None, shape: s };
+    let pfu = |noise_std| Forgetting::Pfu(Pfu { noise_std, ..Pfu::median_preset() });
     let cases: Vec<(&str, AttentionConfig)> = vec![
-        (
-            "beta",
-            AttentionConfig {
-                beta: Some(0.0),
-                ..Default::default()
-            },
-        ),
-        (
-            "beta",
-            AttentionConfig {
-                beta: Some(f32::NAN),
-                ..Default::default()
-            },
-        ),
-        (
-            "beta",
-            AttentionConfig {
-                beta: Some(-1.0),
-                ..Default::default()
-            },
-        ),
-        (
-            "dropout",
-            AttentionConfig {
-                dropout: 1.0,
-                ..Default::default()
-            },
-        ),
-        (
-            "dropout",
-            AttentionConfig {
-                dropout: -0.1,
-                ..Default::default()
-            },
-        ),
-        (
-            "noise_std",
-            AttentionConfig {
-                forgetting: pfu(-1.0),
-                ..Default::default()
-            },
-        ),
-        (
-            "noise_std",
-            AttentionConfig {
-                forgetting: pfu(f32::INFINITY),
-                ..Default::default()
-            },
-        ),
+        ("beta", AttentionConfig { beta: Some(0.0), ..Default::default() }),
+        ("beta", AttentionConfig { beta: Some(f32::NAN), ..Default::default() }),
+        ("beta", AttentionConfig { beta: Some(-1.0), ..Default::default() }),
+        ("dropout", AttentionConfig { dropout: 1.0, ..Default::default() }),
+        ("dropout", AttentionConfig { dropout: -0.1, ..Default::default() }),
+        ("noise_std", AttentionConfig { forgetting: pfu(-1.0), ..Default::default() }),
+        ("noise_std", AttentionConfig { forgetting: pfu(f32::INFINITY), ..Default::default() }),
     ];
     for (name, cfg) in cases {
         match op::forward(&input, &cfg, Backend::Reference) {
@@ -186,55 +71,21 @@ fn option_errors_name_the_option() {
 fn backward_checks_its_gradient() {
     let s = Shape::new(1, 1, 2, 2, 2);
     let (q, k, v) = (ones(s.q_len()), ones(s.k_len()), ones(s.v_len()));
-    let input = AttentionInput {
-        q: &q,
-        k: &k,
-        v: &v,
-        valid: None,
-        shape: s,
-    };
+    let input = AttentionInput { q: &q, k: &k, v: &v, valid: None, shape: s };
     let cfg = AttentionConfig::default();
     let fwd = forward(&input, &cfg).expect("valid");
     let e = op::backward(&input, &cfg, &fwd, &[0.0; 3], Backend::Cpu).unwrap_err();
-    assert!(
-        matches!(e, Error::ShapeMismatch { tensor: "dO", .. }),
-        "{e}"
-    );
+    assert!(matches!(e, Error::ShapeMismatch { tensor: "dO", .. }), "{e}");
     let e = op::backward(&input, &cfg, &fwd, &[0.0, f32::NAN, 0.0, 0.0], Backend::Cpu).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::NonFinite {
-                tensor: "dO",
-                index: 1,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, Error::NonFinite { tensor: "dO", index: 1, .. }), "{e}");
 }
 
 #[test]
 fn cuda_request_without_cuda_is_an_error() {
     let s = Shape::new(1, 1, 1, 1, 1);
-    let input = AttentionInput {
-        q: &[1.0],
-        k: &[1.0],
-        v: &[1.0],
-        valid: None,
-        shape: s,
-    };
+    let input = AttentionInput { q: &[1.0], k: &[1.0], v: &[1.0], valid: None, shape: s };
     let e = op::forward(&input, &AttentionConfig::default(), Backend::Cuda).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::BackendUnavailable {
-                backend: "cuda",
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, Error::BackendUnavailable { backend: "cuda", .. }), "{e}");
 }
 
 /// No key at all, or every key padded: rows are 0 and lse is -inf on every
@@ -244,13 +95,7 @@ fn empty_key_sets_give_zero_rows() {
     for backend in [Backend::Reference, Backend::Cpu, Backend::Unfused] {
         let s = Shape::new(2, 1, 3, 0, 2);
         let q = ones(s.q_len());
-        let input = AttentionInput {
-            q: &q,
-            k: &[],
-            v: &[],
-            valid: None,
-            shape: s,
-        };
+        let input = AttentionInput { q: &q, k: &[], v: &[], valid: None, shape: s };
         let cfg = AttentionConfig::with_forgetting(Forgetting::Pfu(Pfu::median_preset()));
         let out = op::forward(&input, &cfg, backend).expect("empty key set is valid");
         assert!(out.o.iter().all(|&x| x == 0.0));
@@ -260,24 +105,12 @@ fn empty_key_sets_give_zero_rows() {
         let s = Shape::new(1, 2, 3, 4, 2);
         let (q, k, v) = (ones(s.q_len()), ones(s.k_len()), ones(s.v_len()));
         let mask = vec![false; 4];
-        let input = AttentionInput {
-            q: &q,
-            k: &k,
-            v: &v,
-            valid: Some(&mask),
-            shape: s,
-        };
+        let input = AttentionInput { q: &q, k: &k, v: &v, valid: Some(&mask), shape: s };
         let out = op::forward(&input, &cfg, backend).expect("all padded is valid");
         assert!(out.o.iter().all(|&x| x == 0.0), "{backend:?}");
-        assert!(
-            out.lse.iter().all(|&x| x == f32::NEG_INFINITY),
-            "{backend:?}"
-        );
+        assert!(out.lse.iter().all(|&x| x == f32::NEG_INFINITY), "{backend:?}");
         assert_eq!(out.stats.threshold.m, None);
         let g = op::backward(&input, &cfg, &out, &ones(s.o_len()), backend).expect("backward");
-        assert!(
-            g.dq.iter().chain(&g.dk).chain(&g.dv).all(|&x| x == 0.0),
-            "{backend:?}"
-        );
+        assert!(g.dq.iter().chain(&g.dk).chain(&g.dv).all(|&x| x == 0.0), "{backend:?}");
     }
 }

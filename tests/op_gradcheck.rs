@@ -10,15 +10,11 @@ use lwpf::op::{AttentionConfig, Bias, Center, Forgetting, Pfu, Shape};
 /// `L = sum(O * G)` at threshold `thr` (`None`: re-resolved from the input,
 /// so the median and z = m + noise follow the perturbation).
 fn loss(x: &Input64, cfg: &AttentionConfig, thr: Option<Threshold64>, g: &[f64]) -> f64 {
-    forward64(x, cfg, thr)
-        .o
-        .iter()
-        .zip(g)
-        .map(|(a, b)| a * b)
-        .sum()
+    forward64(x, cfg, thr).o.iter().zip(g).map(|(a, b)| a * b).sum()
 }
 
 /// Central differences of `L` in every coordinate of Q, K and V.
+#[allow(clippy::too_many_arguments)]
 fn numeric_grads(
     q: &[f64],
     k: &[f64],
@@ -34,16 +30,10 @@ fn numeric_grads(
     let tensors = [q.to_vec(), k.to_vec(), v.to_vec()];
     for t in 0..3 {
         for idx in 0..tensors[t].len() {
-            let mut eval = |delta: f64| {
+            let eval = |delta: f64| {
                 let mut ts = tensors.clone();
                 ts[t][idx] += delta;
-                let x = Input64 {
-                    q: &ts[0],
-                    k: &ts[1],
-                    v: &ts[2],
-                    valid,
-                    shape,
-                };
+                let x = Input64 { q: &ts[0], k: &ts[1], v: &ts[2], valid, shape };
                 loss(&x, cfg, thr, g)
             };
             out[t].push((eval(h) - eval(-h)) / (2.0 * h));
@@ -59,6 +49,7 @@ fn rel(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// Checks the analytic gradient against finite differences for one case.
+#[allow(clippy::too_many_arguments)]
 fn check(
     name: &str,
     q: &[f32],
@@ -71,13 +62,7 @@ fn check(
 ) {
     let w = |x: &[f32]| x.iter().map(|&a| a as f64).collect::<Vec<_>>();
     let (q, k, v, g) = (w(q), w(k), w(v), w(g));
-    let x = Input64 {
-        q: &q,
-        k: &k,
-        v: &v,
-        valid,
-        shape,
-    };
+    let x = Input64 { q: &q, k: &k, v: &v, valid, shape };
     let fwd = forward64(&x, cfg, None);
     let thr = fwd.threshold;
     let analytic = backward64(&x, cfg, &thr, &g);
@@ -89,16 +74,10 @@ fn check(
     let fd_thr = if thr.center_gradient {
         None
     } else {
-        let lifted = Threshold64 {
-            z: thr.z + 1e-5,
-            ..thr
-        };
+        let lifted = Threshold64 { z: thr.z + 1e-5, ..thr };
         let base = forward64(&x, cfg, Some(thr));
         let moved = forward64(&x, cfg, Some(lifted));
-        assert_eq!(
-            base.forgotten, moved.forgotten,
-            "{name}: a score lies just above z"
-        );
+        assert_eq!(base.forgotten, moved.forgotten, "{name}: a score lies just above z");
         Some(lifted)
     };
     let numeric = numeric_grads(&q, &k, &v, valid, shape, cfg, fd_thr, &g);
@@ -108,10 +87,7 @@ fn check(
         ("dV", &analytic.dv, &numeric[2]),
     ] {
         let e = rel(a, n);
-        assert!(
-            e < 1e-6,
-            "{name}: {tn} rel err {e:e}\n analytic {a:?}\n numeric  {n:?}"
-        );
+        assert!(e < 1e-6, "{name}: {tn} rel err {e:e}\n analytic {a:?}\n numeric  {n:?}");
     }
 }
 
@@ -119,10 +95,7 @@ fn check(
 fn every_option_matches_finite_differences() {
     let seed = run_seed("gradcheck");
     let mut r = rng(seed);
-    let shape = Shape {
-        d_v: 3,
-        ..Shape::new(2, 2, 3, 5, 4)
-    };
+    let shape = Shape { d_v: 3, ..Shape::new(2, 2, 3, 5, 4) };
     for use_mask in [false, true] {
         for case in option_matrix(0.7, seed ^ 0x5eed) {
             let q = uniform(&mut r, shape.q_len());
@@ -141,9 +114,7 @@ fn every_option_matches_finite_differences() {
 /// `s_ij = Q_ij`. That lets a test place ties at the median and forgotten
 /// rows exactly where it wants them.
 fn identity_keys(n_k: usize) -> Vec<f32> {
-    (0..n_k * n_k)
-        .map(|i| if i / n_k == i % n_k { 1.0 } else { 0.0 })
-        .collect()
+    (0..n_k * n_k).map(|i| if i / n_k == i % n_k { 1.0 } else { 0.0 }).collect()
 }
 
 #[test]
@@ -155,9 +126,7 @@ fn ties_at_the_median_share_the_center_gradient_evenly() {
     let v = uniform(&mut r, shape.v_len());
     let g = uniform(&mut r, shape.o_len());
     // 12 scores; rank floor(11 / 2) = 5. Entries 3 and 8 tie at the median.
-    let mut q: Vec<f32> = vec![
-        -0.9, -0.7, -0.5, 0.1, 0.3, 0.5, 0.7, 0.9, 0.1, -0.3, -0.2, 0.8,
-    ];
+    let mut q: Vec<f32> = vec![-0.9, -0.7, -0.5, 0.1, 0.3, 0.5, 0.7, 0.9, 0.1, -0.3, -0.2, 0.8];
     q[8] = q[3];
     for drop in [true, false] {
         let mut cfg = AttentionConfig {
@@ -168,32 +137,17 @@ fn ties_at_the_median_share_the_center_gradient_evenly() {
         };
         let w = |x: &[f32]| x.iter().map(|&a| a as f64).collect::<Vec<_>>();
         let (q64, k64, v64, g64) = (w(&q), w(&k), w(&v), w(&g));
-        let x = Input64 {
-            q: &q64,
-            k: &k64,
-            v: &v64,
-            valid: None,
-            shape,
-        };
+        let x = Input64 { q: &q64, k: &k64, v: &v64, valid: None, shape };
         let fwd = forward64(&x, &cfg, None);
         assert_eq!(fwd.threshold.m, Some(0.1f32 as f64));
         assert_eq!(fwd.at_median, 2);
         let with = backward64(&x, &cfg, &fwd.threshold, &g64);
-        cfg.forgetting = Forgetting::Pfu(Pfu {
-            center_gradient: false,
-            ..Pfu::median_preset()
-        });
-        let thr_off = Threshold64 {
-            center_gradient: false,
-            ..fwd.threshold
-        };
+        cfg.forgetting = Forgetting::Pfu(Pfu { center_gradient: false, ..Pfu::median_preset() });
+        let thr_off = Threshold64 { center_gradient: false, ..fwd.threshold };
         let without = backward64(&x, &cfg, &thr_off, &g64);
         let share3 = with.dq[3] - without.dq[3];
         let share8 = with.dq[8] - without.dq[8];
-        assert!(
-            (share3 - share8).abs() < 1e-12,
-            "uneven split {share3} {share8}"
-        );
+        assert!((share3 - share8).abs() < 1e-12, "uneven split {share3} {share8}");
         assert!(share3.abs() > 1e-6, "no center gradient reached the ties");
         // Moving both ties together moves the median with them: the
         // directional derivative is the sum of both entries' gradients.
@@ -203,21 +157,12 @@ fn ties_at_the_median_share_the_center_gradient_evenly() {
             let mut qq = q64.clone();
             qq[3] += delta;
             qq[8] += delta;
-            let x = Input64 {
-                q: &qq,
-                k: &k64,
-                v: &v64,
-                valid: None,
-                shape,
-            };
+            let x = Input64 { q: &qq, k: &k64, v: &v64, valid: None, shape };
             loss(&x, &cfg, None, &g64)
         };
         let fd = (shifted(h) - shifted(-h)) / (2.0 * h);
         let an = with.dq[3] + with.dq[8];
-        assert!(
-            (fd - an).abs() < 1e-6 * (1.0 + an.abs()),
-            "drop={drop}: fd {fd} analytic {an}"
-        );
+        assert!((fd - an).abs() < 1e-6 * (1.0 + an.abs()), "drop={drop}: fd {fd} analytic {an}");
     }
 }
 
@@ -253,13 +198,7 @@ fn rows_with_every_key_forgotten() {
             };
             let w = |x: &[f32]| x.iter().map(|&a| a as f64).collect::<Vec<_>>();
             let (q64, k64, v64) = (w(&q), w(&k), w(&v));
-            let x = Input64 {
-                q: &q64,
-                k: &k64,
-                v: &v64,
-                valid: None,
-                shape,
-            };
+            let x = Input64 { q: &q64, k: &k64, v: &v64, valid: None, shape };
             let fwd = forward64(&x, &cfg, None);
             match lse0 {
                 Some(l) => assert!((fwd.lse[0] - l).abs() < 1e-12, "{name}: lse {}", fwd.lse[0]),
@@ -272,16 +211,7 @@ fn rows_with_every_key_forgotten() {
                     &fwd.o[..3]
                 );
             }
-            check(
-                &format!("{name} drop={drop}"),
-                &q,
-                &k,
-                &v,
-                None,
-                shape,
-                &cfg,
-                &g,
-            );
+            check(&format!("{name} drop={drop}"), &q, &k, &v, None, shape, &cfg, &g);
         }
     }
 }

@@ -11,13 +11,8 @@ const K: [f32; 3] = [-1.0, 0.5, 1.0];
 const V: [f32; 3] = [1.0, 2.0, 3.0];
 
 fn run(f: Forgetting, drop: bool, backend: Backend) -> op::Forward {
-    let input = AttentionInput {
-        q: &Q,
-        k: &K,
-        v: &V,
-        valid: None,
-        shape: Shape::new(1, 1, 2, 3, 1),
-    };
+    let input =
+        AttentionInput { q: &Q, k: &K, v: &V, valid: None, shape: Shape::new(1, 1, 2, 3, 1) };
     let cfg = AttentionConfig {
         beta: Some(1.0),
         forgetting: f,
@@ -28,12 +23,7 @@ fn run(f: Forgetting, drop: bool, backend: Backend) -> op::Forward {
 }
 
 fn pfu(bias: Bias) -> Forgetting {
-    Forgetting::Pfu(Pfu {
-        center: Center::Median,
-        noise_std: 1e-4,
-        bias,
-        center_gradient: true,
-    })
+    Forgetting::Pfu(Pfu { center: Center::Median, noise_std: 1e-4, bias, center_gradient: true })
 }
 
 #[test]
@@ -82,12 +72,7 @@ fn hand_computed_outputs() {
             3,
         ),
         // b = -inf: forgotten entries vanish from the normalizer too.
-        (
-            pfu(Bias::NegInf),
-            true,
-            [3.0, (2.0 * e(1.0) + 3.0 * e(2.0)) / (e(1.0) + e(2.0))],
-            3,
-        ),
+        (pfu(Bias::NegInf), true, [3.0, (2.0 * e(1.0) + 3.0 * e(2.0)) / (e(1.0) + e(2.0))], 3),
     ];
     // The same numbers as literals, computed once by hand with a calculator.
     let literals = [

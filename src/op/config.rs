@@ -84,13 +84,7 @@ impl Forgetting {
 
     /// Whether the call needs the median of its scores.
     pub fn needs_median(&self) -> bool {
-        matches!(
-            self,
-            Forgetting::Pfu(Pfu {
-                center: Center::Median,
-                ..
-            })
-        )
+        matches!(self, Forgetting::Pfu(Pfu { center: Center::Median, .. }))
     }
 }
 
@@ -128,10 +122,7 @@ impl Default for AttentionConfig {
 impl AttentionConfig {
     /// Plain attention with the given forgetting function and defaults elsewhere.
     pub fn with_forgetting(forgetting: Forgetting) -> Self {
-        AttentionConfig {
-            forgetting,
-            ..Default::default()
-        }
+        AttentionConfig { forgetting, ..Default::default() }
     }
 
     /// The score scale for head dimension `d`.

@@ -35,22 +35,7 @@ pub fn score_tile(
     beta: f32,
     out: &mut [f32],
 ) {
-    sgemm(
-        Trans::No,
-        Trans::Yes,
-        tq,
-        tk,
-        d,
-        beta,
-        q,
-        d,
-        k,
-        d,
-        0.0,
-        out,
-        tk,
-        Par::Seq,
-    );
+    sgemm(Trans::No, Trans::Yes, tq, tk, d, beta, q, d, k, d, 0.0, out, tk, Par::Seq);
 }
 
 /// `exp(x)` for f32 to within about 1 ulp, in a form the compiler vectorizes
@@ -70,10 +55,48 @@ pub fn exp_f32(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 5.000_000e-1;
     let y = p * r2 + r + 1.0;
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     if x < -87.3 { 0.0 } else { y * scale }
+}
+
+/// Lanes for the reductions below: independent partial results let the
+/// compiler keep them in one vector register, where a single running value
+/// would serialize every addition.
+const LANES: usize = 16;
+
+/// The largest element (-inf for an empty slice).
+#[inline]
+pub(crate) fn max_of(x: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in m.iter_mut().zip(c) {
+            *a = a.max(v);
+        }
+    }
+    tail.iter().chain(&m).fold(f32::NEG_INFINITY, |a, &v| a.max(v))
+}
+
+/// `x = exp(x - sub)` elementwise; returns the sum.
+#[inline]
+pub(crate) fn exp_in_place(x: &mut [f32], sub: f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = x.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
+            *v = exp_f32(*v - sub);
+            *a += *v;
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = exp_f32(*v - sub);
+        sum += *v;
+    }
+    sum
 }
 
 /// Dropout scales `r_ij` of one row's tile, drawn from the Philox stream.
@@ -194,6 +217,7 @@ fn forward_tile(
     let p_drop = cfg.effective_dropout();
     let key = philox::key_of(cfg.seed);
     let (z, b) = (thr.z, thr.b);
+    let forgetting = z != f32::NEG_INFINITY;
 
     let mut mx = vec![f32::NEG_INFINITY; tq];
     let mut l = vec![0.0f32; tq];
@@ -201,7 +225,7 @@ fn forward_tile(
     acc.fill(0.0);
     let mut sc = vec![0.0f32; tq * TK];
     let mut rdrop = vec![1.0f32; TK];
-    let mut fmask = vec![false; TK];
+    let mut fmask = [false; TK];
     let mut counts = Counts::default();
 
     for j0 in (0..s.n_k).step_by(TK) {
@@ -212,29 +236,32 @@ fn forward_tile(
         let sc = &mut sc[..tq * tk];
         score_tile(q, k, tq, tk, d, beta, sc);
 
+        let tile_entries = valid.map_or(tk, |m| m.iter().filter(|&&x| x).count()) as u64;
         for r in 0..tq {
             let row = &mut sc[r * tk..][..tk];
             let fm = &mut fmask[..tk];
-            // Effective scores; padded keys become -inf and count nowhere.
-            let mut tile_max = f32::NEG_INFINITY;
-            for (c, x) in row.iter_mut().enumerate() {
-                fm[c] = false;
-                if !valid.is_none_or(|m| m[c]) {
-                    *x = f32::NEG_INFINITY;
-                    continue;
+            counts.entries += tile_entries;
+            // Padded keys become -inf: weight 0, never forgotten, never a tie.
+            if let Some(m) = valid {
+                for (x, &ok) in row.iter_mut().zip(m) {
+                    *x = if ok { *x } else { f32::NEG_INFINITY };
                 }
-                counts.entries += 1;
-                if thr.m == Some(*x) {
-                    counts.at_median += 1;
-                }
-                if *x <= z {
-                    counts.forgotten += 1;
-                    fm[c] = true;
-                    *x = b;
-                }
-                tile_max = tile_max.max(*x);
             }
-            let new_max = mx[r].max(tile_max);
+            if let Some(m) = thr.m {
+                counts.at_median += row.iter().filter(|&&x| x == m).count() as u64;
+            }
+            // Effective scores: a forgotten entry takes the value b.
+            if forgetting {
+                let mut n = 0u32;
+                for (x, f) in row.iter_mut().zip(fm.iter_mut()) {
+                    let forgotten = *x <= z && *x != f32::NEG_INFINITY;
+                    *f = forgotten;
+                    n += forgotten as u32;
+                    *x = if forgotten { b } else { *x };
+                }
+                counts.forgotten += n as u64;
+            }
+            let new_max = mx[r].max(max_of(row));
             if new_max == f32::NEG_INFINITY {
                 // Nothing in this row contributes yet: every weight is 0.
                 row.fill(0.0);
@@ -242,23 +269,16 @@ fn forward_tile(
             }
             let rescale = exp_f32(mx[r] - new_max);
             mx[r] = new_max;
-            let mut sum = 0.0f32;
-            for x in row.iter_mut() {
-                *x = exp_f32(*x - new_max);
-                sum += *x;
-            }
-            l[r] = l[r] * rescale + sum;
+            l[r] = l[r] * rescale + exp_in_place(row, new_max);
             for a in &mut acc[r * dv..][..dv] {
                 *a *= rescale;
             }
 
             // The numerator: forgotten entries leave it with drop_forgotten,
             // and dropout scales what stays.
-            if cfg.drop_forgotten {
+            if forgetting && cfg.drop_forgotten {
                 for (x, &f) in row.iter_mut().zip(fm.iter()) {
-                    if f {
-                        *x = 0.0;
-                    }
+                    *x = if f { 0.0 } else { *x };
                 }
             }
             if p_drop > 0.0 {
@@ -269,22 +289,7 @@ fn forward_tile(
                 }
             }
         }
-        sgemm(
-            Trans::No,
-            Trans::No,
-            tq,
-            dv,
-            tk,
-            1.0,
-            sc,
-            tk,
-            v,
-            dv,
-            1.0,
-            acc,
-            dv,
-            Par::Seq,
-        );
+        sgemm(Trans::No, Trans::No, tq, dv, tk, 1.0, sc, tk, v, dv, 1.0, acc, dv, Par::Seq);
     }
 
     for r in 0..tq {
@@ -395,10 +400,7 @@ fn backward_head(
     let mut w = vec![0.0f32; TQ * TK];
     let mut dp = vec![0.0f32; TQ * TK];
     let mut rdrop = vec![1.0f32; TK];
-    let mut out = HeadGrad {
-        g_b: 0.0,
-        ties: Vec::new(),
-    };
+    let mut out = HeadGrad { g_b: 0.0, ties: Vec::new() };
 
     for i0 in (0..s.n_q).step_by(TQ) {
         let tq = TQ.min(s.n_q - i0);
@@ -412,32 +414,14 @@ fn backward_head(
             let (sc, w, dp) = (&mut sc[..tq * tk], &mut w[..tq * tk], &mut dp[..tq * tk]);
             score_tile(q, k, tq, tk, d, beta, sc);
             // dP = dO V^T, needed for every entry before dS.
-            sgemm(
-                Trans::No,
-                Trans::Yes,
-                tq,
-                tk,
-                dv,
-                1.0,
-                g_o,
-                dv,
-                v,
-                dv,
-                0.0,
-                dp,
-                tk,
-                Par::Seq,
-            );
+            sgemm(Trans::No, Trans::Yes, tq, tk, dv, 1.0, g_o, dv, v, dv, 0.0, dp, tk, Par::Seq);
 
             for r in 0..tq {
                 let row_idx = bh * s.n_q + i0 + r;
                 let lse = fwd.lse[row_idx];
                 let dl = delta[row_idx];
-                let (srow, wrow, dprow) = (
-                    &mut sc[r * tk..][..tk],
-                    &mut w[r * tk..][..tk],
-                    &mut dp[r * tk..][..tk],
-                );
+                let (srow, wrow, dprow) =
+                    (&mut sc[r * tk..][..tk], &mut w[r * tk..][..tk], &mut dp[r * tk..][..tk]);
                 if lse == f32::NEG_INFINITY {
                     // An empty row passes no gradient anywhere.
                     wrow.fill(0.0);
@@ -450,82 +434,41 @@ fn backward_head(
                 } else {
                     rd.fill(1.0);
                 }
-                let p_b = exp_f32(thr.b - lse);
-                for c in 0..tk {
-                    let x = srow[c];
-                    if !valid.is_none_or(|m| m[c]) {
-                        wrow[c] = 0.0;
-                        srow[c] = 0.0;
-                        continue;
-                    }
-                    if thr.center_gradient && thr.m == Some(x) {
-                        out.ties.push((i0 + r, j0 + c));
-                    }
-                    if x <= thr.z {
-                        // No gradient through the mask; b collects the entry's share.
-                        wrow[c] = w_forgotten * p_b * rd[c];
-                        out.g_b += (p_b * (w_forgotten * rd[c] * dprow[c] - dl)) as f64;
-                        srow[c] = 0.0;
-                    } else {
-                        let p = exp_f32(x - lse);
-                        wrow[c] = p * rd[c];
-                        srow[c] = p * (rd[c] * dprow[c] - dl);
+                if let Some(m) = valid {
+                    for (x, &ok) in srow.iter_mut().zip(m) {
+                        *x = if ok { *x } else { f32::NEG_INFINITY };
                     }
                 }
+                if let (true, Some(m)) = (thr.center_gradient, thr.m) {
+                    for (c, _) in srow.iter().enumerate().filter(|(_, x)| **x == m) {
+                        out.ties.push((i0 + r, j0 + c));
+                    }
+                }
+                // Kept: W = P r and dS = P (r dP - Delta). Forgotten: no
+                // gradient through the mask, W = w exp(b - lse) r, and b
+                // collects the entry's share of the score gradient.
+                let p_b = exp_f32(thr.b - lse);
+                let mut g_b = 0.0f32;
+                for c in 0..tk {
+                    let x = srow[c];
+                    let forgotten = x <= thr.z && x != f32::NEG_INFINITY;
+                    let p = exp_f32(x - lse);
+                    let rd = rd[c];
+                    wrow[c] = if forgotten { w_forgotten * p_b * rd } else { p * rd };
+                    let gf = p_b * (w_forgotten * rd * dprow[c] - dl);
+                    g_b += if forgotten { gf } else { 0.0 };
+                    srow[c] = if forgotten { 0.0 } else { p * (rd * dprow[c] - dl) };
+                }
+                out.g_b += g_b as f64;
             }
 
             // dV_j += sum_i W_ij dO_i; dQ += beta dS K; dK += beta dS^T Q.
             let dv_t = &mut dv_h[j0 * dv..][..tk * dv];
-            sgemm(
-                Trans::Yes,
-                Trans::No,
-                tk,
-                dv,
-                tq,
-                1.0,
-                w,
-                tk,
-                g_o,
-                dv,
-                1.0,
-                dv_t,
-                dv,
-                Par::Seq,
-            );
+            sgemm(Trans::Yes, Trans::No, tk, dv, tq, 1.0, w, tk, g_o, dv, 1.0, dv_t, dv, Par::Seq);
             let dq_t = &mut dq_h[i0 * d..][..tq * d];
-            sgemm(
-                Trans::No,
-                Trans::No,
-                tq,
-                d,
-                tk,
-                beta,
-                sc,
-                tk,
-                k,
-                d,
-                1.0,
-                dq_t,
-                d,
-                Par::Seq,
-            );
+            sgemm(Trans::No, Trans::No, tq, d, tk, beta, sc, tk, k, d, 1.0, dq_t, d, Par::Seq);
             let dk_t = &mut dk_h[j0 * d..][..tk * d];
-            sgemm(
-                Trans::Yes,
-                Trans::No,
-                tk,
-                d,
-                tq,
-                beta,
-                sc,
-                tk,
-                q,
-                d,
-                1.0,
-                dk_t,
-                d,
-                Par::Seq,
-            );
+            sgemm(Trans::Yes, Trans::No, tk, d, tq, beta, sc, tk, q, d, 1.0, dk_t, d, Par::Seq);
         }
     }
     out

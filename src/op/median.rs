@@ -19,29 +19,23 @@ use rayon::prelude::*;
 use super::AttentionInput;
 use super::fast::{TK, TQ, score_tile};
 
-/// Largest number of scores gathered into one buffer (64 MiB of f32).
-pub const MATERIALIZE_BUDGET: usize = 1 << 24;
+/// Largest number of scores gathered into one buffer (16 MiB of f32). Above
+/// it radix selection is also the faster way: selecting among millions of
+/// gathered floats costs more than a second pass of score products.
+pub const MATERIALIZE_BUDGET: usize = 1 << 22;
 
 /// Maps a float to a u32 whose unsigned order is the float's order (negative
 /// floats reversed, the sign bit set for non-negative ones).
 #[inline]
 pub fn order_key(x: f32) -> u32 {
     let u = x.to_bits();
-    if u & 0x8000_0000 != 0 {
-        !u
-    } else {
-        u | 0x8000_0000
-    }
+    if u & 0x8000_0000 != 0 { !u } else { u | 0x8000_0000 }
 }
 
 /// Inverse of [`order_key`].
 #[inline]
 pub fn from_order_key(k: u32) -> f32 {
-    f32::from_bits(if k & 0x8000_0000 != 0 {
-        k & 0x7fff_ffff
-    } else {
-        !k
-    })
+    f32::from_bits(if k & 0x8000_0000 != 0 { k & 0x7fff_ffff } else { !k })
 }
 
 /// Calls `f` with the keys of every valid score of the call's query tiles
@@ -151,10 +145,7 @@ fn radix_select(input: &AttentionInput, beta: f32, rank: u64, budget: usize) -> 
         input,
         beta,
         || vec![0u64; 1 << 16],
-        |h: &mut Vec<u64>, x| {
-            x.iter()
-                .for_each(|&v| h[(order_key(v) >> 16) as usize] += 1)
-        },
+        |h: &mut Vec<u64>, x| x.iter().for_each(|&v| h[(order_key(v) >> 16) as usize] += 1),
         add_hist,
     );
     let (hi, rank) = find_bucket(&hist_hi, rank);
@@ -198,16 +189,7 @@ mod tests {
 
     #[test]
     fn order_key_preserves_order_and_inverts() {
-        let xs = [
-            f32::NEG_INFINITY,
-            -3.5,
-            -1e-30,
-            -0.0,
-            0.0,
-            1e-30,
-            2.0,
-            f32::INFINITY,
-        ];
+        let xs = [f32::NEG_INFINITY, -3.5, -1e-30, -0.0, 0.0, 1e-30, 2.0, f32::INFINITY];
         for w in xs.windows(2) {
             assert!(order_key(w[0]) < order_key(w[1]), "{} {}", w[0], w[1]);
         }

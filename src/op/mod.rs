@@ -37,14 +37,7 @@ pub struct Shape {
 impl Shape {
     /// Shape with `d_v = d`.
     pub fn new(batch: usize, heads: usize, n_q: usize, n_k: usize, d: usize) -> Self {
-        Shape {
-            batch,
-            heads,
-            n_q,
-            n_k,
-            d,
-            d_v: d,
-        }
+        Shape { batch, heads, n_q, n_k, d, d_v: d }
     }
 
     pub fn q_len(&self) -> usize {
@@ -95,24 +88,14 @@ impl AttentionInput<'_> {
     /// Checks shapes and values (SPEC section 6).
     pub fn validate(&self) -> Result<()> {
         let s = self.shape;
-        for (dim, n) in [
-            ("batch", s.batch),
-            ("heads", s.heads),
-            ("d", s.d),
-            ("d_v", s.d_v),
-        ] {
+        for (dim, n) in [("batch", s.batch), ("heads", s.heads), ("d", s.d), ("d_v", s.d_v)] {
             if n == 0 {
                 return Err(Error::ZeroDim { dim });
             }
         }
         let check_len = |tensor, got, expected| {
             if got != expected {
-                Err(Error::ShapeMismatch {
-                    tensor,
-                    got,
-                    expected,
-                    shape: s.to_string(),
-                })
+                Err(Error::ShapeMismatch { tensor, got, expected, shape: s.to_string() })
             } else {
                 Ok(())
             }
@@ -133,11 +116,7 @@ impl AttentionInput<'_> {
 /// Fails with the tensor's name and the first non-finite element.
 pub fn check_finite(tensor: &'static str, x: &[f32]) -> Result<()> {
     match x.iter().position(|v| !v.is_finite()) {
-        Some(index) => Err(Error::NonFinite {
-            tensor,
-            index,
-            value: x[index],
-        }),
+        Some(index) => Err(Error::NonFinite { tensor, index, value: x[index] }),
         None => Ok(()),
     }
 }
@@ -158,24 +137,15 @@ pub struct Threshold {
 
 impl Threshold {
     /// The threshold of plain attention: nothing is ever forgotten.
-    pub const NONE: Threshold = Threshold {
-        z: f32::NEG_INFINITY,
-        b: f32::NEG_INFINITY,
-        m: None,
-        center_gradient: false,
-    };
+    pub const NONE: Threshold =
+        Threshold { z: f32::NEG_INFINITY, b: f32::NEG_INFINITY, m: None, center_gradient: false };
 
     /// Resolves the threshold of a call from its options and, for a median
     /// centre, the median of its valid scores (`None` when it has none).
     pub fn resolve(cfg: &AttentionConfig, median: Option<f32>) -> Threshold {
         match cfg.forgetting {
             Forgetting::None => Threshold::NONE,
-            Forgetting::Relu => Threshold {
-                z: 0.0,
-                b: 0.0,
-                m: None,
-                center_gradient: false,
-            },
+            Forgetting::Relu => Threshold { z: 0.0, b: 0.0, m: None, center_gradient: false },
             Forgetting::Pfu(p) => {
                 let (center, m) = match p.center {
                     Center::Fixed(c) => (c, None),
@@ -193,12 +163,7 @@ impl Threshold {
                 };
                 let center_gradient =
                     p.center_gradient && m.is_some() && matches!(p.bias, Bias::Threshold);
-                Threshold {
-                    z,
-                    b,
-                    m,
-                    center_gradient,
-                }
+                Threshold { z, b, m, center_gradient }
             }
         }
     }
@@ -220,11 +185,7 @@ pub struct CallStats {
 impl CallStats {
     /// Fraction of the call's valid entries that were forgotten.
     pub fn forgotten_fraction(&self) -> f64 {
-        if self.entries == 0 {
-            0.0
-        } else {
-            self.forgotten as f64 / self.entries as f64
-        }
+        if self.entries == 0 { 0.0 } else { self.forgotten as f64 / self.entries as f64 }
     }
 }
 
@@ -326,12 +287,7 @@ pub fn backward(
         ("lse", fwd.lse.len(), s.rows()),
     ] {
         if got != expected {
-            return Err(Error::ShapeMismatch {
-                tensor,
-                got,
-                expected,
-                shape: s.to_string(),
-            });
+            return Err(Error::ShapeMismatch { tensor, got, expected, shape: s.to_string() });
         }
     }
     check_finite("dO", d_o)?;

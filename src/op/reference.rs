@@ -151,33 +151,20 @@ struct Row {
 }
 
 fn row(sc: &[f64], valid: &[bool], thr: &Threshold64, drop: bool) -> Row {
-    let forgotten: Vec<bool> = sc
-        .iter()
-        .zip(valid)
-        .map(|(&s, &v)| v && s <= thr.z)
-        .collect();
+    let forgotten: Vec<bool> = sc.iter().zip(valid).map(|(&s, &v)| v && s <= thr.z).collect();
     let kept = |j: usize| valid[j] && !forgotten[j];
     let c = forgotten.iter().filter(|&&f| f).count();
     // Stable: subtract the largest term of the normalizer, the largest kept
     // score or b when an entry is forgotten.
-    let mut max = (0..sc.len())
-        .filter(|&j| kept(j))
-        .map(|j| sc[j])
-        .fold(f64::NEG_INFINITY, f64::max);
+    let mut max =
+        (0..sc.len()).filter(|&j| kept(j)).map(|j| sc[j]).fold(f64::NEG_INFINITY, f64::max);
     if c > 0 {
         max = max.max(thr.b);
     }
     if max == f64::NEG_INFINITY {
-        return Row {
-            lse: f64::NEG_INFINITY,
-            weight: vec![0.0; sc.len()],
-            forgotten,
-        };
+        return Row { lse: f64::NEG_INFINITY, weight: vec![0.0; sc.len()], forgotten };
     }
-    let den = (0..sc.len())
-        .filter(|&j| kept(j))
-        .map(|j| (sc[j] - max).exp())
-        .sum::<f64>()
+    let den = (0..sc.len()).filter(|&j| kept(j)).map(|j| (sc[j] - max).exp()).sum::<f64>()
         + c as f64 * (thr.b - max).exp();
     let lse = max + den.ln();
     let weight = (0..sc.len())
@@ -188,11 +175,7 @@ fn row(sc: &[f64], valid: &[bool], thr: &Threshold64, drop: bool) -> Row {
             (true, true, false) => (thr.b - lse).exp(),
         })
         .collect();
-    Row {
-        lse,
-        weight,
-        forgotten,
-    }
+    Row { lse, weight, forgotten }
 }
 
 fn valid_row(x: &Input64, b: usize) -> Vec<bool> {
@@ -205,11 +188,7 @@ pub fn forward64(x: &Input64, cfg: &AttentionConfig, thr: Option<Threshold64>) -
     let s = x.shape;
     let all = scores(x, cfg.beta_for(s.d) as f64);
     let thr = thr.unwrap_or_else(|| {
-        let m = if cfg.forgetting.needs_median() {
-            lower_median(&all)
-        } else {
-            None
-        };
+        let m = if cfg.forgetting.needs_median() { lower_median(&all) } else { None };
         Threshold64::resolve(cfg, m)
     });
     let mut o = vec![0.0; s.o_len()];
@@ -224,29 +203,17 @@ pub fn forward64(x: &Input64, cfg: &AttentionConfig, thr: Option<Threshold64>) -
             lse[r] = w.lse;
             forgotten += w.forgotten.iter().filter(|&&f| f).count() as u64;
             entries += valid.iter().filter(|&&v| v).count() as u64;
-            at_median += thr
-                .m
-                .map_or(0, |m| sc.iter().filter(|&&x| x == m).count() as u64);
+            at_median += thr.m.map_or(0, |m| sc.iter().filter(|&&x| x == m).count() as u64);
             let o_i = &mut o[r * s.d_v..][..s.d_v];
             for j in 0..s.n_k {
                 let wj = w.weight[j] * dropout_scale(cfg, r * s.n_k + j);
-                for (a, &v) in o_i
-                    .iter_mut()
-                    .zip(&x.v[(bh * s.n_k + j) * s.d_v..][..s.d_v])
-                {
+                for (a, &v) in o_i.iter_mut().zip(&x.v[(bh * s.n_k + j) * s.d_v..][..s.d_v]) {
                     *a += wj * v;
                 }
             }
         }
     }
-    Forward64 {
-        o,
-        lse,
-        threshold: thr,
-        forgotten,
-        entries,
-        at_median,
-    }
+    Forward64 { o, lse, threshold: thr, forgotten, entries, at_median }
 }
 
 /// Gradients in f64.
@@ -280,15 +247,13 @@ pub fn backward64(x: &Input64, cfg: &AttentionConfig, thr: &Threshold64, d_o: &[
                 continue;
             }
             let d_oi = &d_o[r * s.d_v..][..s.d_v];
-            let rs: Vec<f64> = (0..s.n_k)
-                .map(|j| dropout_scale(cfg, r * s.n_k + j))
-                .collect();
+            let rs: Vec<f64> = (0..s.n_k).map(|j| dropout_scale(cfg, r * s.n_k + j)).collect();
 
             // Delta_i = dO_i . O_i with O_i recomputed here.
             let mut o_i = vec![0.0; s.d_v];
-            for j in 0..s.n_k {
+            for (j, (wj, rj)) in w.weight.iter().zip(&rs).enumerate() {
                 for (a, &v) in o_i.iter_mut().zip(v_of(j)) {
-                    *a += w.weight[j] * rs[j] * v;
+                    *a += wj * rj * v;
                 }
             }
             let delta = dot(d_oi, &o_i);
@@ -351,22 +316,13 @@ fn narrow(x: &[f64]) -> Vec<f32> {
 fn call_threshold(x: &Input64, cfg: &AttentionConfig) -> Threshold64 {
     let m = call_median(x, cfg);
     let t32 = Threshold::resolve(cfg, m.map(|m| m as f32));
-    Threshold64 {
-        m,
-        ..Threshold64::from_f32(&t32)
-    }
+    Threshold64 { m, ..Threshold64::from_f32(&t32) }
 }
 
 /// Forward pass with f32 tensors (the public op's reference backend).
 pub fn forward(input: &AttentionInput, cfg: &AttentionConfig) -> Forward {
     let (q, k, v) = (widen(input.q), widen(input.k), widen(input.v));
-    let x = Input64 {
-        q: &q,
-        k: &k,
-        v: &v,
-        valid: input.valid,
-        shape: input.shape,
-    };
+    let x = Input64 { q: &q, k: &k, v: &v, valid: input.valid, shape: input.shape };
     let thr = call_threshold(&x, cfg);
     to_forward(forward64(&x, cfg, Some(thr)))
 }
@@ -375,13 +331,7 @@ pub fn forward(input: &AttentionInput, cfg: &AttentionConfig) -> Forward {
 /// another backend reports (SPEC section 7).
 pub fn forward_at(input: &AttentionInput, cfg: &AttentionConfig, thr: Threshold) -> Forward {
     let (q, k, v) = (widen(input.q), widen(input.k), widen(input.v));
-    let x = Input64 {
-        q: &q,
-        k: &k,
-        v: &v,
-        valid: input.valid,
-        shape: input.shape,
-    };
+    let x = Input64 { q: &q, k: &k, v: &v, valid: input.valid, shape: input.shape };
     to_forward(forward64(&x, cfg, Some(Threshold64::from_f32(&thr))))
 }
 
@@ -413,13 +363,7 @@ pub fn backward(
     d_o: &[f32],
 ) -> Grads {
     let (q, k, v) = (widen(input.q), widen(input.k), widen(input.v));
-    let x = Input64 {
-        q: &q,
-        k: &k,
-        v: &v,
-        valid: input.valid,
-        shape: input.shape,
-    };
+    let x = Input64 { q: &q, k: &k, v: &v, valid: input.valid, shape: input.shape };
     let mut thr = Threshold64::from_f32(&fwd.stats.threshold);
     if let Some(m32) = fwd.stats.threshold.m {
         // Ties are found against the f64 median, as in the forward pass, as
@@ -429,9 +373,5 @@ pub fn backward(
         }
     }
     let g = backward64(&x, cfg, &thr, &widen(d_o));
-    Grads {
-        dq: narrow(&g.dq),
-        dk: narrow(&g.dk),
-        dv: narrow(&g.dv),
-    }
+    Grads { dq: narrow(&g.dq), dk: narrow(&g.dk), dv: narrow(&g.dv) }
 }

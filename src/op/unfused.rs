@@ -17,28 +17,26 @@ use crate::gemm::{Par, Trans, sgemm};
 fn scores(input: &AttentionInput, beta: f32) -> Vec<f32> {
     let s = input.shape;
     let mut out = vec![0.0f32; s.rows() * s.n_k];
-    out.par_chunks_mut((s.n_q * s.n_k).max(1))
-        .enumerate()
-        .for_each(|(bh, o)| {
-            let q = &input.q[bh * s.n_q * s.d..];
-            let k = &input.k[bh * s.n_k * s.d..];
-            sgemm(
-                Trans::No,
-                Trans::Yes,
-                s.n_q,
-                s.n_k,
-                s.d,
-                beta,
-                q,
-                s.d,
-                k,
-                s.d,
-                0.0,
-                o,
-                s.n_k,
-                Par::Seq,
-            );
-        });
+    out.par_chunks_mut((s.n_q * s.n_k).max(1)).enumerate().for_each(|(bh, o)| {
+        let q = &input.q[bh * s.n_q * s.d..];
+        let k = &input.k[bh * s.n_k * s.d..];
+        sgemm(
+            Trans::No,
+            Trans::Yes,
+            s.n_q,
+            s.n_k,
+            s.d,
+            beta,
+            q,
+            s.d,
+            k,
+            s.d,
+            0.0,
+            o,
+            s.n_k,
+            Par::Seq,
+        );
+    });
     out
 }
 
@@ -121,11 +119,7 @@ fn weights(input: &AttentionInput, cfg: &AttentionConfig, thr: Option<Threshold>
             for j in (0..s.n_k).filter(|&j| valid(j)) {
                 let e = (r * s.n_k + j) as u64;
                 let rd = if p_drop > 0.0 {
-                    if philox::dropout_keep(key, e, p_drop) {
-                        1.0 / (1.0 - p_drop)
-                    } else {
-                        0.0
-                    }
+                    if philox::dropout_keep(key, e, p_drop) { 1.0 / (1.0 - p_drop) } else { 0.0 }
                 } else {
                     1.0
                 };
@@ -160,33 +154,27 @@ pub fn forward(input: &AttentionInput, cfg: &AttentionConfig) -> Forward {
     let s = input.shape;
     let wt = weights(input, cfg, None);
     let mut o = vec![0.0f32; s.o_len()];
-    o.par_chunks_mut(s.n_q * s.d_v)
-        .enumerate()
-        .for_each(|(bh, o_h)| {
-            let w = &wt.w[bh * s.n_q * s.n_k..];
-            let v = &input.v[bh * s.n_k * s.d_v..];
-            sgemm(
-                Trans::No,
-                Trans::No,
-                s.n_q,
-                s.d_v,
-                s.n_k,
-                1.0,
-                w,
-                s.n_k,
-                v,
-                s.d_v,
-                0.0,
-                o_h,
-                s.d_v,
-                Par::Seq,
-            );
-        });
-    Forward {
-        o,
-        lse: wt.lse,
-        stats: wt.stats,
-    }
+    o.par_chunks_mut(s.n_q * s.d_v).enumerate().for_each(|(bh, o_h)| {
+        let w = &wt.w[bh * s.n_q * s.n_k..];
+        let v = &input.v[bh * s.n_k * s.d_v..];
+        sgemm(
+            Trans::No,
+            Trans::No,
+            s.n_q,
+            s.d_v,
+            s.n_k,
+            1.0,
+            w,
+            s.n_k,
+            v,
+            s.d_v,
+            0.0,
+            o_h,
+            s.d_v,
+            Par::Seq,
+        );
+    });
+    Forward { o, lse: wt.lse, stats: wt.stats }
 }
 
 /// Backward pass with every N x N intermediate materialized.
@@ -208,28 +196,26 @@ pub fn backward(
 
     // dP = dO V^T for every head.
     let mut dp = vec![0.0f32; s.rows() * s.n_k];
-    dp.par_chunks_mut(nn.max(1))
-        .enumerate()
-        .for_each(|(bh, dp_h)| {
-            let g = &d_o[bh * s.n_q * dv..];
-            let v = &input.v[bh * s.n_k * dv..];
-            sgemm(
-                Trans::No,
-                Trans::Yes,
-                s.n_q,
-                s.n_k,
-                dv,
-                1.0,
-                g,
-                dv,
-                v,
-                dv,
-                0.0,
-                dp_h,
-                s.n_k,
-                Par::Seq,
-            );
-        });
+    dp.par_chunks_mut(nn.max(1)).enumerate().for_each(|(bh, dp_h)| {
+        let g = &d_o[bh * s.n_q * dv..];
+        let v = &input.v[bh * s.n_k * dv..];
+        sgemm(
+            Trans::No,
+            Trans::Yes,
+            s.n_q,
+            s.n_k,
+            dv,
+            1.0,
+            g,
+            dv,
+            v,
+            dv,
+            0.0,
+            dp_h,
+            s.n_k,
+            Par::Seq,
+        );
+    });
 
     // dS = P (r dP - Delta); forgotten entries feed g_b instead.
     let mut ds = dp;
@@ -238,11 +224,8 @@ pub fn backward(
         .enumerate()
         .map(|(r, row)| {
             let b = r / (s.heads * s.n_q);
-            let delta: f32 = d_o[r * dv..][..dv]
-                .iter()
-                .zip(&fwd.o[r * dv..][..dv])
-                .map(|(a, c)| a * c)
-                .sum();
+            let delta: f32 =
+                d_o[r * dv..][..dv].iter().zip(&fwd.o[r * dv..][..dv]).map(|(a, c)| a * c).sum();
             let lse = wt.lse[r];
             let mut g_b = 0.0f64;
             for (j, x) in row.iter_mut().enumerate() {

@@ -8,10 +8,8 @@ use rand::{RngExt, SeedableRng};
 /// A fresh seed per run (printed, so a failure can be replayed with
 /// `LWPF_TEST_SEED`), unless one is given.
 pub fn run_seed(test: &str) -> u64 {
-    let seed = std::env::var("LWPF_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
+    let seed =
+        std::env::var("LWPF_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)
@@ -29,9 +27,7 @@ pub fn rng(seed: u64) -> StdRng {
 /// beta every score is exact in f32 and f64, so all backends see identical
 /// scores, medians and kept/forgotten decisions (SPEC section 7).
 pub fn dyadic(rng: &mut StdRng, n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|_| rng.random_range(-8i32..=8) as f32 / 8.0)
-        .collect()
+    (0..n).map(|_| rng.random_range(-8i32..=8) as f32 / 8.0).collect()
 }
 
 /// Continuous values in [-1, 1).
@@ -57,17 +53,9 @@ pub fn mask(rng: &mut StdRng, b: usize, n_k: usize, all_padded_item: bool) -> Ve
 pub fn rel_l2(x: &[f32], reference: &[f32]) -> f64 {
     assert_eq!(x.len(), reference.len());
     assert!(x.iter().all(|v| v.is_finite()), "non-finite output");
-    let num: f64 = x
-        .iter()
-        .zip(reference)
-        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
-        .sum();
+    let num: f64 = x.iter().zip(reference).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum();
     let den: f64 = reference.iter().map(|b| (*b as f64).powi(2)).sum();
-    if den == 0.0 {
-        num.sqrt()
-    } else {
-        (num / den).sqrt()
-    }
+    if den == 0.0 { num.sqrt() } else { (num / den).sqrt() }
 }
 
 /// Relative L2 error of a score gradient (dQ or dK) whose denominator is
@@ -80,11 +68,7 @@ pub fn rel_l2(x: &[f32], reference: &[f32]) -> f64 {
 /// `eps_f32 * term`. A residue of that size must pass at relative tolerance
 /// `tol`, so the reference norm is floored at `sqrt(n) * eps_f32 * term / tol`.
 pub fn rel_l2_grad(x: &[f32], reference: &[f32], term: f64, tol: f64) -> f64 {
-    let num: f64 = x
-        .iter()
-        .zip(reference)
-        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
-        .sum();
+    let num: f64 = x.iter().zip(reference).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum();
     assert!(x.iter().all(|v| v.is_finite()), "non-finite output");
     let den: f64 = reference.iter().map(|b| (*b as f64).powi(2)).sum();
     let floor = (x.len() as f64).sqrt() * f32::EPSILON as f64 * term / tol;
@@ -106,39 +90,28 @@ pub struct Case {
 /// with and without dropout, training and evaluation.
 pub fn option_matrix(beta: f32, seed: u64) -> Vec<Case> {
     let mut out = Vec::new();
-    let mut variants: Vec<(String, Forgetting)> = vec![
-        ("none".into(), Forgetting::None),
-        ("relu".into(), Forgetting::Relu),
-    ];
+    let mut variants: Vec<(String, Forgetting)> =
+        vec![("none".into(), Forgetting::None), ("relu".into(), Forgetting::Relu)];
     for (cn, center) in [("median", Center::Median), ("fixed", Center::Fixed(0.125))] {
-        for (bn, bias) in [
-            ("b=z", Bias::Threshold),
-            ("b=fixed", Bias::Fixed(-0.25)),
-            ("b=-inf", Bias::NegInf),
-        ] {
+        for (bn, bias) in
+            [("b=z", Bias::Threshold), ("b=fixed", Bias::Fixed(-0.25)), ("b=-inf", Bias::NegInf)]
+        {
             for cg in [true, false] {
                 if cg && !(matches!(center, Center::Median) && matches!(bias, Bias::Threshold)) {
                     continue;
                 }
                 variants.push((
                     format!("pfu {cn} {bn} cg={cg}"),
-                    Forgetting::Pfu(Pfu {
-                        center,
-                        noise_std: 0.5,
-                        bias,
-                        center_gradient: cg,
-                    }),
+                    Forgetting::Pfu(Pfu { center, noise_std: 0.5, bias, center_gradient: cg }),
                 ));
             }
         }
     }
     for (vn, f) in variants {
         for drop in [true, false] {
-            for (dn, training, dropout) in [
-                ("eval", false, 0.0),
-                ("train", true, 0.0),
-                ("train+dropout", true, 0.3),
-            ] {
+            for (dn, training, dropout) in
+                [("eval", false, 0.0), ("train", true, 0.0), ("train+dropout", true, 0.3)]
+            {
                 out.push(Case {
                     name: format!("{vn} drop_forgotten={drop} {dn}"),
                     cfg: AttentionConfig {
@@ -162,10 +135,7 @@ pub fn ragged_shapes() -> Vec<Shape> {
         Shape::new(1, 1, 1, 1, 4),
         Shape::new(2, 3, 5, 7, 4),
         Shape::new(1, 2, 3, 9, 16),
-        Shape {
-            d_v: 3,
-            ..Shape::new(2, 1, 70, 131, 4)
-        },
+        Shape { d_v: 3, ..Shape::new(2, 1, 70, 131, 4) },
         Shape::new(1, 1, 130, 20, 16),
     ]
 }
