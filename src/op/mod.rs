@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod fast;
+pub mod kernels;
 pub mod median;
 pub mod philox;
 pub mod reference;
@@ -233,10 +234,28 @@ impl Backend {
     }
 }
 
-fn cuda_unavailable() -> Error {
-    Error::BackendUnavailable {
-        backend: "cuda",
-        reason: "this build has no CUDA backend yet".into(),
+/// Why the CUDA backend cannot run a call in this build.
+fn cuda_unavailable(pass: &str) -> Error {
+    let reason = if cfg!(feature = "cuda") {
+        format!("the CUDA {pass} pass is not implemented yet")
+    } else {
+        "this build has no CUDA kernels: rebuild with `--features cuda` \
+         (needs nvcc 13.0, see scripts/install-nvcc.sh)"
+            .into()
+    };
+    Error::BackendUnavailable { backend: "cuda", reason }
+}
+
+/// The fused CUDA forward pass, where this build has it.
+fn cuda_forward(input: &AttentionInput, cfg: &AttentionConfig) -> Result<Forward> {
+    #[cfg(feature = "cuda")]
+    {
+        kernels::cuda::forward(input, cfg)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (input, cfg);
+        Err(cuda_unavailable("forward"))
     }
 }
 
@@ -245,7 +264,8 @@ pub fn forward(input: &AttentionInput, cfg: &AttentionConfig, backend: Backend) 
     cfg.validate()?;
     input.validate()?;
     if backend == Backend::Cuda {
-        return Err(cuda_unavailable());
+        // Also for empty calls: a request for CUDA where it cannot run fails.
+        return cuda_forward(input, cfg);
     }
     let s = input.shape;
     if s.n_q == 0 || s.n_k == 0 {
@@ -265,7 +285,7 @@ pub fn forward(input: &AttentionInput, cfg: &AttentionConfig, backend: Backend) 
         Backend::Reference => Ok(reference::forward(input, cfg)),
         Backend::Cpu => Ok(fast::forward(input, cfg)),
         Backend::Unfused => Ok(unfused::forward(input, cfg)),
-        Backend::Cuda => Err(cuda_unavailable()),
+        Backend::Cuda => cuda_forward(input, cfg),
     }
 }
 
@@ -292,7 +312,7 @@ pub fn backward(
     }
     check_finite("dO", d_o)?;
     if backend == Backend::Cuda {
-        return Err(cuda_unavailable());
+        return Err(cuda_unavailable("backward"));
     }
     if s.n_q == 0 || s.n_k == 0 {
         return Ok(Grads {
@@ -305,6 +325,6 @@ pub fn backward(
         Backend::Reference => Ok(reference::backward(input, cfg, fwd, d_o)),
         Backend::Cpu => Ok(fast::backward(input, cfg, fwd, d_o)),
         Backend::Unfused => Ok(unfused::backward(input, cfg, fwd, d_o)),
-        Backend::Cuda => Err(cuda_unavailable()),
+        Backend::Cuda => Err(cuda_unavailable("backward")),
     }
 }

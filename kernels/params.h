@@ -1,0 +1,114 @@
+/* Parameter structs of the kernels, shared by the device code, its host
+ * emulation and the Rust side (src/op/kernels/params.rs is generated from this
+ * file by bindgen; scripts/check-params.sh fails when the two drift apart).
+ *
+ * Plain C, no includes: bindgen, nvcc and g++ all read it as it is. Tensors are
+ * contiguous row-major, as in the Rust API: Q [B, H, Nq, D], K [B, H, Nk, D],
+ * V [B, H, Nk, Dv], the key padding mask [B, Nk] (1 = a real key), O
+ * [B, H, Nq, Dv] and lse / forgotten counts [B, H, Nq]. Sizes are 32-bit; every
+ * flat offset is computed in 64 bits inside the kernels. */
+#ifndef LWPF_PARAMS_H
+#define LWPF_PARAMS_H
+
+/* Query rows and keys per tile of every kernel that recomputes scores. The
+ * median and the forward pass must use the same tiles and the same score
+ * code, so that each score has the same bits in both. */
+#define LWPF_TILE_Q 32
+#define LWPF_TILE_K 32
+/* Threads per block of the tiled kernels. */
+#define LWPF_THREADS 128
+/* Largest value dimension of the fused forward (its accumulators live in
+ * registers: LWPF_TILE_Q * LWPF_MAX_DV / LWPF_THREADS per thread). */
+#define LWPF_MAX_DV 128
+
+/* Radix selection of the median: three passes of 11, 11 and 10 bits over the
+ * 32-bit order-preserving keys of the scores. */
+#define LWPF_RADIX_PASSES 3
+#define LWPF_RADIX_BINS 2048
+
+/* What a forgotten score is replaced by. */
+#define LWPF_BIAS_THRESHOLD 0
+#define LWPF_BIAS_FIXED 1
+#define LWPF_BIAS_NEG_INF 2
+
+/* The resolved threshold of a call, in device memory: written by the median's
+ * last selection step, or by the host for a fixed centre; read by the forward
+ * pass. */
+typedef struct LwpfThreshold {
+    /* Entries with s <= z are forgotten (-inf: none is). */
+    float z;
+    /* Value of a forgotten entry (-inf allowed). */
+    float b;
+    /* The median of the call's valid scores (meaningful when has_median). */
+    float m;
+    int has_median;
+    /* Number of valid scores equal to m. */
+    unsigned long long at_median;
+} LwpfThreshold;
+
+/* State of the radix selection between its passes. */
+typedef struct LwpfMedianState {
+    /* Counts of the current pass, 64-bit: a call has B * H * Nq * Nk scores. */
+    unsigned long long hist[LWPF_RADIX_BINS];
+    /* Rank still sought among the scores whose key starts with prefix. */
+    unsigned long long rank;
+    /* Key bits fixed by the passes so far, in place (low bits zero). */
+    unsigned int prefix;
+    unsigned int pad;
+    LwpfThreshold threshold;
+} LwpfMedianState;
+
+/* One pass of the median: histogram (lwpf_median_hist_f32) or selection
+ * (lwpf_median_select). */
+typedef struct LwpfMedianParams {
+    const float *q_ptr;
+    const float *k_ptr;
+    /* [B, Nk], 1 = a real key; NULL = all real. */
+    const unsigned char *valid_ptr;
+    LwpfMedianState *state_ptr;
+    int batch;
+    int heads;
+    int n_q;
+    int n_k;
+    int d;
+    float beta;
+    /* 0, 1 or 2. */
+    int pass;
+    /* Training: z = m + noise_std * eps, with eps drawn on the host. */
+    int add_noise;
+    float noise_std;
+    float eps;
+    /* LWPF_BIAS_*, and the value of a fixed bias. */
+    int bias_kind;
+    float bias_value;
+} LwpfMedianParams;
+
+/* The fused forward pass. */
+typedef struct LwpfForwardParams {
+    const float *q_ptr;
+    const float *k_ptr;
+    const float *v_ptr;
+    /* [B, Nk], 1 = a real key; NULL = all real. */
+    const unsigned char *valid_ptr;
+    const LwpfThreshold *threshold_ptr;
+    float *o_ptr;
+    float *lse_ptr;
+    /* Forgotten entries per row. */
+    unsigned int *forgotten_ptr;
+    int batch;
+    int heads;
+    int n_q;
+    int n_k;
+    int d;
+    int d_v;
+    float beta;
+    /* Remove forgotten entries from the numerator (1) or keep them there with
+     * weight exp(b) (0). */
+    int drop_forgotten;
+    /* Dropout probability (0 = none) and the Philox key of the call's seed. */
+    float dropout_p;
+    unsigned int seed_lo;
+    unsigned int seed_hi;
+} LwpfForwardParams;
+
+#endif

@@ -1,0 +1,195 @@
+//! The kernel sources run on the CPU under the host emulation
+//! (`kernels/emu/emu.h`): blocks one after another, the threads of a block as
+//! OS threads meeting at real barriers. Launches are serialized process-wide
+//! (the emulated `__shared__` memory is static).
+//!
+//! For tests: it checks the kernels' index arithmetic, tiling and numerics on
+//! small shapes, and is orders of magnitude slower than [`super::super::fast`].
+//! It cannot show races between warps that only a GPU would expose.
+
+use super::params::*;
+use super::{
+    CallPointers, THREADS, call_stats, check_limits, forward_params, host_threshold, median_params,
+    median_state, tiled_grid, uses_median_kernels, valid_entries,
+};
+use crate::error::Result;
+use crate::op::{AttentionConfig, AttentionInput, CallStats, Forward, Threshold};
+
+// The launchers of kernels/emu/launch.cpp: each runs one kernel over
+// `grid` blocks of `block` threads.
+unsafe extern "C" {
+    fn lwpf_emu_median_hist_f32(grid: u32, block: u32, p: *const LwpfMedianParams);
+    fn lwpf_emu_median_select(grid: u32, block: u32, p: *const LwpfMedianParams);
+    fn lwpf_emu_forward_f32(grid: u32, block: u32, p: *const LwpfForwardParams);
+    fn lwpf_emu_selftest_barrier(grid: u32, block: u32, out: *mut u32, rounds: i32);
+    fn lwpf_emu_selftest_warp(grid: u32, block: u32, input: *const i32, out: *mut i32);
+    fn lwpf_emu_selftest_atomics(
+        grid: u32,
+        block: u32,
+        u32s: *mut u32,
+        u64s: *mut u64,
+        fsum: *mut f32,
+    );
+    fn lwpf_emu_selftest_mma(
+        grid: u32,
+        block: u32,
+        a: *const f32,
+        b: *const f32,
+        c: *const f32,
+        d: *mut f32,
+    );
+}
+
+/// Host buffers of one call and the pointers the kernels get to them.
+struct Buffers {
+    state: Box<LwpfMedianState>,
+    threshold: Box<LwpfThreshold>,
+    o: Vec<f32>,
+    lse: Vec<f32>,
+    forgotten: Vec<u32>,
+}
+
+impl Buffers {
+    fn pointers(&mut self, input: &AttentionInput) -> CallPointers {
+        CallPointers {
+            q: input.q.as_ptr(),
+            k: input.k.as_ptr(),
+            v: input.v.as_ptr(),
+            // bool is one byte holding 0 or 1: the kernels' mask format.
+            valid: input.valid.map_or(std::ptr::null(), |m| m.as_ptr().cast::<u8>()),
+            state: &mut *self.state,
+            threshold: &*self.threshold,
+            o: self.o.as_mut_ptr(),
+            lse: self.lse.as_mut_ptr(),
+            forgotten: self.forgotten.as_mut_ptr(),
+        }
+    }
+}
+
+/// The exact lower median of the call's valid scores by the radix-selection
+/// kernels, with the number of scores equal to it and the threshold the
+/// selection step resolved (`None` without valid scores).
+pub fn median(input: &AttentionInput, cfg: &AttentionConfig) -> Result<Option<LwpfThreshold>> {
+    cfg.validate()?;
+    input.validate()?;
+    check_limits(input, "emulated")?;
+    let entries = valid_entries(input);
+    if input.shape.n_q == 0 || entries == 0 {
+        return Ok(None);
+    }
+    let mut buf = Buffers {
+        state: Box::new(median_state(entries)),
+        threshold: Box::default(),
+        o: Vec::new(),
+        lse: Vec::new(),
+        forgotten: Vec::new(),
+    };
+    let ptr = buf.pointers(input);
+    run_median(input, cfg, &ptr);
+    Ok(Some(buf.state.threshold))
+}
+
+fn run_median(input: &AttentionInput, cfg: &AttentionConfig, ptr: &CallPointers) {
+    let grid = tiled_grid(input);
+    for pass in 0..LWPF_RADIX_PASSES as i32 {
+        let p = median_params(input, cfg, ptr, pass);
+        // SAFETY: every pointer in `p` is valid for the sizes in `p`: Q, K and
+        // the mask are the validated input, the state is a live box.
+        unsafe {
+            lwpf_emu_median_hist_f32(grid, THREADS, &p);
+            lwpf_emu_median_select(1, THREADS, &p);
+        }
+    }
+}
+
+/// Forward pass (SPEC section 3) by the fused kernels under emulation.
+pub fn forward(input: &AttentionInput, cfg: &AttentionConfig) -> Result<Forward> {
+    cfg.validate()?;
+    input.validate()?;
+    check_limits(input, "emulated")?;
+    let s = input.shape;
+    if s.n_q == 0 || s.n_k == 0 {
+        return Ok(Forward {
+            o: vec![0.0; s.o_len()],
+            lse: vec![f32::NEG_INFINITY; s.rows()],
+            stats: CallStats {
+                threshold: Threshold::resolve(cfg, None),
+                forgotten: 0,
+                entries: 0,
+                at_median: 0,
+            },
+        });
+    }
+    let entries = valid_entries(input);
+    let median_kernels = uses_median_kernels(cfg, entries);
+    let mut buf = Buffers {
+        state: Box::new(median_state(entries.max(1))),
+        threshold: Box::new(host_threshold(cfg)),
+        // NaN: an element the kernel failed to write cannot pass a test.
+        o: vec![f32::NAN; s.o_len()],
+        lse: vec![f32::NAN; s.rows()],
+        forgotten: vec![u32::MAX; s.rows()],
+    };
+    let mut ptr = buf.pointers(input);
+    if median_kernels {
+        run_median(input, cfg, &ptr);
+        // The forward pass reads the threshold the selection step wrote.
+        // SAFETY: `state` points into the live box `buf.state`.
+        ptr.threshold = unsafe { &raw const (*ptr.state).threshold };
+    }
+    let p = forward_params(input, cfg, &ptr);
+    // SAFETY: as in `run_median`; O, lse and the counts have the call's sizes.
+    unsafe { lwpf_emu_forward_f32(tiled_grid(input), THREADS, &p) };
+
+    let thr = if median_kernels { buf.state.threshold } else { *buf.threshold };
+    let stats = call_stats(cfg, &thr, &buf.forgotten, entries);
+    Ok(Forward { o: buf.o, lse: buf.lse, stats })
+}
+
+/// The emulation's own self-tests (`kernels/selftest/emu_selftest.cu`), each
+/// returning what the kernel wrote.
+pub mod selftest {
+    use super::*;
+
+    /// `out[b * block + t]` = sum over rounds of the neighbour's value.
+    pub fn barrier(grid: u32, block: u32, rounds: i32) -> Vec<u32> {
+        let mut out = vec![0u32; (grid * block) as usize];
+        // SAFETY: `out` holds grid * block words, as the kernel writes.
+        unsafe { lwpf_emu_selftest_barrier(grid, block, out.as_mut_ptr(), rounds) };
+        out
+    }
+
+    /// Eight words per thread of a one-block launch (see the kernel).
+    pub fn warp(input: &[i32]) -> Vec<i32> {
+        let mut out = vec![0i32; input.len() * 8];
+        // SAFETY: one thread per input element; eight output words each.
+        unsafe { lwpf_emu_selftest_warp(1, input.len() as u32, input.as_ptr(), out.as_mut_ptr()) };
+        out
+    }
+
+    /// `(u32 counters, u64 sum, float sum)` after the atomics kernel; the u32
+    /// counters start as `[0, 0, u32::MAX, 0]`.
+    pub fn atomics(grid: u32, block: u32) -> ([u32; 4], u64, f32) {
+        let mut u32s = [0, 0, u32::MAX, 0];
+        let mut u64s = [0u64];
+        let mut fsum = 0.0f32;
+        // SAFETY: the kernel touches u32s[0..4], u64s[0] and fsum only.
+        unsafe {
+            lwpf_emu_selftest_atomics(grid, block, u32s.as_mut_ptr(), u64s.as_mut_ptr(), &mut fsum)
+        };
+        (u32s, u64s[0], fsum)
+    }
+
+    /// `d = a b + c` per warp through the MMA wrapper: `a` and `c` are
+    /// `[warps, 16, 8]`, `b` is `[warps, 8, 8]`, all row major.
+    pub fn mma(warps: u32, a: &[f32], b: &[f32], c: &[f32]) -> Vec<f32> {
+        let n = warps as usize;
+        assert!(a.len() == n * 128 && b.len() == n * 64 && c.len() == n * 128);
+        let mut d = vec![f32::NAN; n * 128];
+        // SAFETY: sizes checked above; one warp per 16 x 8 tile.
+        unsafe {
+            lwpf_emu_selftest_mma(1, 32 * warps, a.as_ptr(), b.as_ptr(), c.as_ptr(), d.as_mut_ptr())
+        };
+        d
+    }
+}
