@@ -26,11 +26,7 @@ fn span(rows: usize, cols: usize, ld: usize, t: Trans) -> usize {
         Trans::No => (rows, cols),
         Trans::Yes => (cols, rows),
     };
-    if outer == 0 || inner == 0 {
-        0
-    } else {
-        (outer - 1) * ld + inner
-    }
+    if outer == 0 || inner == 0 { 0 } else { (outer - 1) * ld + inner }
 }
 
 /// `C = alpha * op(A) op(B) + beta * C` with `op(A)` of size m x k, `op(B)` of
@@ -143,22 +139,7 @@ mod tests {
                 let ldb = if tb == Trans::No { n } else { k };
                 let want = naive(ta, tb, m, n, k, &a, &b);
                 let mut c = vec![1.0; m * n];
-                sgemm(
-                    ta,
-                    tb,
-                    m,
-                    n,
-                    k,
-                    2.0,
-                    &a,
-                    lda,
-                    &b,
-                    ldb,
-                    0.5,
-                    &mut c,
-                    n,
-                    Par::Seq,
-                );
+                sgemm(ta, tb, m, n, k, 2.0, &a, lda, &b, ldb, 0.5, &mut c, n, Par::Seq);
                 for (x, w) in c.iter().zip(&want) {
                     assert!((x - (2.0 * w + 0.5)).abs() < 1e-5, "{ta:?} {tb:?}");
                 }
