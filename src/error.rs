@@ -12,12 +12,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// A tensor's element count does not match the shape it was given with.
     #[error("{tensor} has {got} elements, expected {expected} for shape {shape}")]
-    ShapeMismatch {
-        tensor: &'static str,
-        got: usize,
-        expected: usize,
-        shape: String,
-    },
+    ShapeMismatch { tensor: &'static str, got: usize, expected: usize, shape: String },
 
     /// A dimension that must be positive is zero.
     #[error("dimension {dim} must be positive, got 0")]
@@ -25,26 +20,15 @@ pub enum Error {
 
     /// A tensor holds NaN or an infinity.
     #[error("{tensor} holds a non-finite value ({value}) at flat index {index}")]
-    NonFinite {
-        tensor: &'static str,
-        index: usize,
-        value: f32,
-    },
+    NonFinite { tensor: &'static str, index: usize, value: f32 },
 
     /// An option is outside its allowed range.
     #[error("invalid {name}: {value} ({reason})")]
-    InvalidOption {
-        name: &'static str,
-        value: String,
-        reason: &'static str,
-    },
+    InvalidOption { name: &'static str, value: String, reason: &'static str },
 
     /// The requested backend cannot run here.
     #[error("backend {backend} unavailable: {reason}")]
-    BackendUnavailable {
-        backend: &'static str,
-        reason: String,
-    },
+    BackendUnavailable { backend: &'static str, reason: String },
 
     /// Two tensors given to an autograd op do not fit together.
     #[error("{op}: {what}")]
@@ -56,11 +40,11 @@ pub enum Error {
 
     /// One record of a data file is malformed.
     #[error("{path}: record {record}: {what}")]
-    DataRecord {
-        path: PathBuf,
-        record: usize,
-        what: String,
-    },
+    DataRecord { path: PathBuf, record: usize, what: String },
+
+    /// Training cannot go on (the loss stopped being finite).
+    #[error("training failed at step {step}: {what}")]
+    Training { step: u64, what: String },
 
     /// A data file is malformed.
     #[error("{path}: {what}")]
@@ -82,9 +66,6 @@ pub enum Error {
 impl Error {
     /// Wraps an I/O error with the path it concerned.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 }
