@@ -1,0 +1,108 @@
+//! Layers: parameters registered under timm's names in a [`ParamStore`], and
+//! a forward pass on a [`Tape`]. Layers hold only parameter handles; every
+//! value lives in the store or on the tape.
+//!
+//! Initialization follows timm's vision transformer: linear weights from a
+//! normal with std 0.02 truncated to [-2, 2], zero biases, LayerNorm weight 1
+//! and bias 0.
+
+mod attention;
+mod init;
+
+pub use attention::SelfAttention;
+pub use init::{InitRng, trunc_normal, uniform};
+
+use crate::autograd::{ParamId, ParamStore, Tape, Tensor, Var};
+use crate::error::Result;
+
+/// `y = x W^T + b` with W `[out, in]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Linear {
+    pub weight: ParamId,
+    pub bias: Option<ParamId>,
+}
+
+impl Linear {
+    /// Registers `{name}.weight` (truncated normal, std 0.02) and, with
+    /// `bias`, `{name}.bias` (zeros).
+    pub fn new(
+        store: &mut ParamStore,
+        name: &str,
+        n_in: usize,
+        n_out: usize,
+        bias: bool,
+        rng: &mut InitRng,
+    ) -> Result<Linear> {
+        let w = trunc_normal(rng, &[n_out, n_in], 0.02);
+        let weight = store.add(&format!("{name}.weight"), w, true)?;
+        let bias = if bias {
+            Some(store.add(&format!("{name}.bias"), Tensor::zeros(&[n_out]), false)?)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    pub fn forward(&self, tape: &mut Tape, x: Var) -> Result<Var> {
+        let w = tape.param(self.weight);
+        let b = self.bias.map(|b| tape.param(b));
+        tape.linear(x, w, b)
+    }
+}
+
+/// Layer normalization over the last dimension.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNorm {
+    pub weight: ParamId,
+    pub bias: ParamId,
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    /// Registers `{name}.weight` (ones) and `{name}.bias` (zeros).
+    pub fn new(store: &mut ParamStore, name: &str, width: usize, eps: f32) -> Result<LayerNorm> {
+        let weight = store.add(&format!("{name}.weight"), Tensor::full(&[width], 1.0), false)?;
+        let bias = store.add(&format!("{name}.bias"), Tensor::zeros(&[width]), false)?;
+        Ok(LayerNorm { weight, bias, eps })
+    }
+
+    pub fn forward(&self, tape: &mut Tape, x: Var) -> Result<Var> {
+        let (w, b) = (tape.param(self.weight), tape.param(self.bias));
+        tape.layer_norm(x, w, b, self.eps)
+    }
+}
+
+/// The transformer's feed-forward part: `fc2(dropout(gelu(fc1(x))))`.
+#[derive(Clone, Copy, Debug)]
+pub struct Mlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub drop: f32,
+}
+
+impl Mlp {
+    /// Registers `{name}.fc1.*` (`width -> hidden`) and `{name}.fc2.*`.
+    pub fn new(
+        store: &mut ParamStore,
+        name: &str,
+        width: usize,
+        hidden: usize,
+        drop: f32,
+        rng: &mut InitRng,
+    ) -> Result<Mlp> {
+        Ok(Mlp {
+            fc1: Linear::new(store, &format!("{name}.fc1"), width, hidden, true, rng)?,
+            fc2: Linear::new(store, &format!("{name}.fc2"), hidden, width, true, rng)?,
+            drop,
+        })
+    }
+
+    /// `seed` drives the dropout masks (used only when `training`).
+    pub fn forward(&self, tape: &mut Tape, x: Var, training: bool, seed: u64) -> Result<Var> {
+        let p = if training { self.drop } else { 0.0 };
+        let h = self.fc1.forward(tape, x)?;
+        let h = tape.gelu(h)?;
+        let h = tape.dropout(h, p, seed)?;
+        self.fc2.forward(tape, h)
+    }
+}
