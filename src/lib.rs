@@ -8,8 +8,19 @@
 //! ([`op`]) on several backends that agree with one contract, a small autograd
 //! ([`autograd`]) and the paper's models built around the op.
 
+pub mod autograd;
+pub mod data;
 pub mod error;
 pub mod gemm;
+pub mod models;
+pub mod nn;
 pub mod op;
+pub mod optim;
+pub mod train;
 
 pub use error::{Error, Result};
+
+/// The README's Rust example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,5 @@
+//! The paper's models, built from [`crate::nn`] layers.
+
+pub mod vit;
+
+pub use vit::{Vit, VitConfig};
