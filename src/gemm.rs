@@ -66,6 +66,10 @@ pub fn sgemm(
     }
     assert!(a.len() >= span(m, k, lda, ta), "sgemm: A too short");
     assert!(b.len() >= span(k, n, ldb, tb), "sgemm: B too short");
+    if m * n * k <= SMALL {
+        small_gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
     let (a_rs, a_cs) = match ta {
         Trans::No => (lda as isize, 1),
         Trans::Yes => (1, lda as isize),
@@ -106,6 +110,102 @@ pub fn sgemm(
     }
 }
 
+/// Products of at most this many multiply-adds run as plain loops: the
+/// `gemm` crate's dispatch and packing cost more than such a product itself
+/// (attention over bags of 16 calls it thousands of times per step).
+const SMALL: usize = 4096;
+
+/// `C = alpha op(A) op(B) + beta C` by loops. A transposed operand is first
+/// copied into row-major `op(X)`, so that the innermost loop always runs along
+/// a contiguous row of `op(B)` and of C, which the compiler vectorizes.
+#[allow(clippy::too_many_arguments)]
+fn small_gemm(
+    ta: Trans,
+    tb: Trans,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let mut packed_a = Vec::new();
+    let (a, lda) = match ta {
+        Trans::No => (a, lda),
+        Trans::Yes => {
+            packed_a.reserve(m * k);
+            for r in 0..m {
+                packed_a.extend((0..k).map(|p| a[p * lda + r]));
+            }
+            (packed_a.as_slice(), k)
+        }
+    };
+    let mut packed_b = Vec::new();
+    let (b, ldb) = match tb {
+        Trans::No => (b, ldb),
+        Trans::Yes => {
+            packed_b.reserve(k * n);
+            for p in 0..k {
+                packed_b.extend((0..n).map(|j| b[j * ldb + p]));
+            }
+            (packed_b.as_slice(), n)
+        }
+    };
+    // A block of R rows x W columns of C accumulates in registers: R
+    // independent chains of vector multiply-adds hide their latency.
+    const R: usize = 4;
+    const W: usize = 8;
+    let store = |c: &mut [f32], r: usize, j0: usize, acc: &[f32]| {
+        let out = &mut c[r * ldc + j0..r * ldc + j0 + acc.len()];
+        for (o, &v) in out.iter_mut().zip(acc) {
+            *o = if beta == 0.0 { alpha * v } else { beta * *o + alpha * v };
+        }
+    };
+    let full_rows = m - m % R;
+    let full_cols = n - n % W;
+    for r0 in (0..full_rows).step_by(R) {
+        for j0 in (0..full_cols).step_by(W) {
+            let mut acc = [[0.0f32; W]; R];
+            for p in 0..k {
+                let Ok(b8) = <&[f32; W]>::try_from(&b[p * ldb + j0..p * ldb + j0 + W]) else {
+                    continue;
+                };
+                for (rr, acc_r) in acc.iter_mut().enumerate() {
+                    let x = a[(r0 + rr) * lda + p];
+                    for i in 0..W {
+                        acc_r[i] += x * b8[i];
+                    }
+                }
+            }
+            for (rr, acc_r) in acc.iter().enumerate() {
+                store(c, r0 + rr, j0, acc_r);
+            }
+        }
+    }
+    // The ragged right columns of the full row blocks, and the last rows.
+    let mut row = vec![0.0f32; n];
+    for r in 0..m {
+        let j_start = if r < full_rows { full_cols } else { 0 };
+        if j_start == n {
+            continue;
+        }
+        let acc = &mut row[j_start..];
+        acc.fill(0.0);
+        for p in 0..k {
+            let x = a[r * lda + p];
+            for (o, &y) in acc.iter_mut().zip(&b[p * ldb + j_start..p * ldb + n]) {
+                *o += x * y;
+            }
+        }
+        store(c, r, j_start, acc);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,7 +230,13 @@ mod tests {
 
     #[test]
     fn all_transpose_combinations_match_loops() {
-        let (m, n, k) = (5, 7, 3);
+        // Below and above the size where the loops hand over to the gemm crate.
+        for (m, n, k) in [(5, 7, 3), (9, 17, 5), (21, 19, 17)] {
+            combinations_match_loops(m, n, k);
+        }
+    }
+
+    fn combinations_match_loops(m: usize, n: usize, k: usize) {
         let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
         let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.91).cos()).collect();
         for ta in [Trans::No, Trans::Yes] {

@@ -223,8 +223,11 @@ fn forward_tile(
     let mut l = vec![0.0f32; tq];
     let acc = o_t;
     acc.fill(0.0);
-    let mut sc = vec![0.0f32; tq * TK];
-    let mut rdrop = vec![1.0f32; TK];
+    // Buffers sized by the call, not the tile bound: tiny calls are common
+    // (bags of 16) and zeroing a full tile per task would dominate them.
+    let tk_max = TK.min(s.n_k);
+    let mut sc = vec![0.0f32; tq * tk_max];
+    let mut rdrop = vec![1.0f32; tk_max];
     let mut fmask = [false; TK];
     let mut counts = Counts::default();
 
@@ -396,10 +399,11 @@ fn backward_head(
     let v_h = &input.v[bh * s.n_k * dv..][..s.n_k * dv];
     let do_h = &d_o[bh * s.n_q * dv..][..s.n_q * dv];
 
-    let mut sc = vec![0.0f32; TQ * TK];
-    let mut w = vec![0.0f32; TQ * TK];
-    let mut dp = vec![0.0f32; TQ * TK];
-    let mut rdrop = vec![1.0f32; TK];
+    let (tq_max, tk_max) = (TQ.min(s.n_q), TK.min(s.n_k));
+    let mut sc = vec![0.0f32; tq_max * tk_max];
+    let mut w = vec![0.0f32; tq_max * tk_max];
+    let mut dp = vec![0.0f32; tq_max * tk_max];
+    let mut rdrop = vec![1.0f32; tk_max];
     let mut out = HeadGrad { g_b: 0.0, ties: Vec::new() };
 
     for i0 in (0..s.n_q).step_by(TQ) {
