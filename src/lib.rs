@@ -16,6 +16,7 @@ pub mod models;
 pub mod nn;
 pub mod op;
 pub mod optim;
+pub mod plot;
 pub mod train;
 
 pub use error::{Error, Result};

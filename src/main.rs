@@ -21,12 +21,25 @@ enum Command {
     /// Train one of the paper's models.
     #[command(subcommand)]
     Train(TrainCommand),
+    /// Run one of the paper's experiments over all its settings and seeds.
+    #[command(subcommand)]
+    Grid(GridCommand),
+    /// Redraw the bit-pattern figure from finished runs.
+    Plot(lwpf::train::bitpattern::PlotArgs),
+}
+
+#[derive(Subcommand)]
+enum GridCommand {
+    /// The bit-pattern experiment: 6 networks x 3 variants x seeds, table and figure.
+    Bitpattern(lwpf::train::bitpattern::GridArgs),
 }
 
 #[derive(Subcommand)]
 enum TrainCommand {
     /// A vision transformer on CIFAR-10 (32 x 32 images, patch 4).
     Vit(VitArgs),
+    /// A Hopfield network on the bit-pattern data (paper section 4.1).
+    Bitpattern(lwpf::train::bitpattern::TrainArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -148,6 +161,9 @@ impl VitArgs {
 
 fn run(cli: Cli) -> lwpf::Result<()> {
     match cli.command {
+        Command::Train(TrainCommand::Bitpattern(args)) => args.run().map(|_| ()),
+        Command::Grid(GridCommand::Bitpattern(args)) => args.run().map(|_| ()),
+        Command::Plot(args) => args.run().map(|_| ()),
         Command::Train(TrainCommand::Vit(args)) => {
             if let Some(n) = args.threads {
                 if n == 0 {

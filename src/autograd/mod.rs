@@ -15,6 +15,7 @@
 
 mod attention;
 pub mod gradcheck;
+mod hopfield_ops;
 mod linear;
 mod loss;
 mod norm;
@@ -88,6 +89,8 @@ enum Op {
     },
     CrossEntropy(loss::CrossEntropySaved),
     Attention(Box<attention::AttentionSaved>),
+    BceWithLogits(hopfield_ops::BceSaved),
+    SelectHeads(hopfield_ops::SelectHeadsSaved),
 }
 
 struct Node {
@@ -291,6 +294,8 @@ impl<'p> Tape<'p> {
             Op::Dropout { x, p, seed } => self.dropout_backward(x, p, seed, g, out),
             Op::CrossEntropy(s) => self.cross_entropy_backward(&s, &g, out),
             Op::Attention(s) => self.attention_backward(&s, &g, out)?,
+            Op::BceWithLogits(s) => self.bce_with_logits_backward(&s, &g, out),
+            Op::SelectHeads(s) => self.select_heads_backward(&s, &g, out),
         }
         Ok(())
     }

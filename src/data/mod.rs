@@ -2,6 +2,7 @@
 //! augmentation (random crop with zero padding, horizontal flip) and the
 //! normalization.
 
+pub mod bitpattern;
 pub mod cifar;
 
 use rand::{Rng, RngExt};

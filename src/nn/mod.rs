@@ -7,9 +7,11 @@
 //! and bias 0.
 
 mod attention;
+pub mod hopfield;
 mod init;
 
 pub use attention::SelfAttention;
+pub use hopfield::{Hopfield, HopfieldConfig, HopfieldLayer, HopfieldPooling};
 pub use init::{InitRng, trunc_normal, uniform};
 
 use crate::autograd::{ParamId, ParamStore, Tape, Tensor, Var};
