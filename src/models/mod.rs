@@ -1,5 +1,6 @@
 //! The paper's models, built from [`crate::nn`] layers.
 
+pub mod bitpattern;
 pub mod vit;
 
 pub use vit::{Vit, VitConfig};

@@ -1,6 +1,7 @@
 //! Training: the loops for the paper's models, and what they write (metrics,
 //! summaries, checkpoints), always atomically.
 
+pub mod bitpattern;
 pub mod checkpoint;
 pub mod metrics;
 pub mod vit;
