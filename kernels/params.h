@@ -111,4 +111,96 @@ typedef struct LwpfForwardParams {
     unsigned int seed_hi;
 } LwpfForwardParams;
 
+/* Largest head and value dimension of the fused backward: its tiles of Q,
+ * K, V and dO live in static shared memory (4 x 32 x 65 floats). */
+#define LWPF_BWD_MAX_D 64
+
+/* The center gradient of a call (SPEC section 5), in device memory: written
+ * by lwpf_backward_center_reduce, read by the kernels that form dS. */
+typedef struct LwpfCenterGrad {
+    /* Gradient reaching the bias b, summed over the call. */
+    double g_b;
+    /* g_b / at_median: what each valid score equal to m receives. */
+    float share;
+    int pad;
+} LwpfCenterGrad;
+
+/* The fused backward pass: one struct for all its kernels. */
+typedef struct LwpfBackwardParams {
+    const float *q_ptr;
+    const float *k_ptr;
+    const float *v_ptr;
+    /* [B, Nk], 1 = a real key; NULL = all real. */
+    const unsigned char *valid_ptr;
+    /* The forward's O [B, H, Nq, Dv] and lse [B, H, Nq], and dO. */
+    const float *o_ptr;
+    const float *lse_ptr;
+    const float *do_ptr;
+    /* Delta_i = dO_i . O_i per row, written by lwpf_backward_prep_f32. */
+    float *delta_ptr;
+    /* Per-row gradient reaching b, written by lwpf_backward_center_f32. */
+    float *center_rows_ptr;
+    LwpfCenterGrad *center_ptr;
+    float *dq_ptr;
+    float *dk_ptr;
+    float *dv_ptr;
+    int batch;
+    int heads;
+    int n_q;
+    int n_k;
+    int d;
+    int d_v;
+    float beta;
+    /* The forward's threshold: forgotten iff s <= z, bias b, median m. */
+    float z;
+    float b;
+    float m;
+    /* Spread g_b over the valid scores equal to m (at_median of them). */
+    int center_gradient;
+    int pad;
+    unsigned long long at_median;
+    int drop_forgotten;
+    float dropout_p;
+    unsigned int seed_lo;
+    unsigned int seed_hi;
+    /* 1: the key-tile kernel also adds dQ with float atomics (fast, not
+     * bit-reproducible); 0: lwpf_backward_dq_f32 writes dQ (deterministic). */
+    int dq_atomic;
+    int pad2;
+} LwpfBackwardParams;
+
+/* The elementwise kernels of the unfused baseline (kernels/unfused.cu),
+ * which work on a materialized score matrix S [B * H * Nq, Nk] (beta
+ * applied) that cuBLAS computes. */
+typedef struct LwpfUnfusedParams {
+    /* Scores S, row-major [B * H * Nq, Nk]. */
+    const float *s_ptr;
+    /* Numerator weights W of the same shape: O = W V, dV = W^T dO. */
+    float *w_ptr;
+    /* Backward: dP = dO V^T on entry, dS (before beta) on return. */
+    float *ds_ptr;
+    /* [B, Nk], 1 = a real key; NULL = all real. */
+    const unsigned char *valid_ptr;
+    const LwpfThreshold *threshold_ptr;
+    LwpfMedianState *state_ptr;
+    float *lse_ptr;
+    unsigned int *forgotten_ptr;
+    const float *delta_ptr;
+    float *center_rows_ptr;
+    const LwpfCenterGrad *center_ptr;
+    int batch;
+    int heads;
+    int n_q;
+    int n_k;
+    /* Radix pass of lwpf_unfused_median_hist_f32: 0, 1 or 2. */
+    int pass;
+    int drop_forgotten;
+    float dropout_p;
+    unsigned int seed_lo;
+    unsigned int seed_hi;
+    /* Spread the center gradient over the valid scores equal to the
+     * threshold's median m. */
+    int center_gradient;
+} LwpfUnfusedParams;
+
 #endif

@@ -9,6 +9,15 @@ extern "C" {
 void lwpf_median_hist_f32(LwpfMedianParams p);
 void lwpf_median_select(LwpfMedianParams p);
 void lwpf_forward_f32(LwpfForwardParams p);
+void lwpf_backward_prep_f32(LwpfBackwardParams p);
+void lwpf_backward_center_f32(LwpfBackwardParams p);
+void lwpf_backward_center_reduce(LwpfBackwardParams p);
+void lwpf_backward_dkdv_f32(LwpfBackwardParams p);
+void lwpf_backward_dq_f32(LwpfBackwardParams p);
+void lwpf_unfused_median_hist_f32(LwpfUnfusedParams p);
+void lwpf_unfused_softmax_f32(LwpfUnfusedParams p);
+void lwpf_unfused_dscore_f32(LwpfUnfusedParams p);
+void lwpf_unfused_ties_f32(LwpfUnfusedParams p);
 void lwpf_selftest_barrier(unsigned *out, int rounds);
 void lwpf_selftest_warp(const int *in, int *out);
 void lwpf_selftest_atomics(unsigned *u32s, unsigned long long *u64s, float *fsum);
@@ -24,6 +33,52 @@ void lwpf_emu_median_select(unsigned grid, unsigned block, const LwpfMedianParam
 
 void lwpf_emu_forward_f32(unsigned grid, unsigned block, const LwpfForwardParams *p) {
     lwpf_emu::launch(grid, block, [&] { lwpf_forward_f32(*p); });
+}
+
+// The backward kernels share one parameter struct; `kernel` names which
+// runs: 0 prep, 1 center, 2 center reduce, 3 dK dV, 4 dQ.
+void lwpf_emu_backward_f32(int kernel, unsigned grid, unsigned block,
+                           const LwpfBackwardParams *p) {
+    switch (kernel) {
+    case 0:
+        lwpf_emu::launch(grid, block, [&] { lwpf_backward_prep_f32(*p); });
+        break;
+    case 1:
+        lwpf_emu::launch(grid, block, [&] { lwpf_backward_center_f32(*p); });
+        break;
+    case 2:
+        lwpf_emu::launch(grid, block, [&] { lwpf_backward_center_reduce(*p); });
+        break;
+    case 3:
+        lwpf_emu::launch(grid, block, [&] { lwpf_backward_dkdv_f32(*p); });
+        break;
+    case 4:
+        lwpf_emu::launch(grid, block, [&] { lwpf_backward_dq_f32(*p); });
+        break;
+    default:
+        lwpf_emu::fail("unknown backward kernel");
+    }
+}
+
+// The unfused baseline's kernels: 0 median histogram, 1 softmax, 2 dS,
+// 3 ties.
+void lwpf_emu_unfused_f32(int kernel, unsigned grid, unsigned block, const LwpfUnfusedParams *p) {
+    switch (kernel) {
+    case 0:
+        lwpf_emu::launch(grid, block, [&] { lwpf_unfused_median_hist_f32(*p); });
+        break;
+    case 1:
+        lwpf_emu::launch(grid, block, [&] { lwpf_unfused_softmax_f32(*p); });
+        break;
+    case 2:
+        lwpf_emu::launch(grid, block, [&] { lwpf_unfused_dscore_f32(*p); });
+        break;
+    case 3:
+        lwpf_emu::launch(grid, block, [&] { lwpf_unfused_ties_f32(*p); });
+        break;
+    default:
+        lwpf_emu::fail("unknown unfused kernel");
+    }
 }
 
 void lwpf_emu_selftest_barrier(unsigned grid, unsigned block, unsigned *out, int rounds) {

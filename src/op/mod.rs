@@ -235,14 +235,11 @@ impl Backend {
 }
 
 /// Why the CUDA backend cannot run a call in this build.
-fn cuda_unavailable(pass: &str) -> Error {
-    let reason = if cfg!(feature = "cuda") {
-        format!("the CUDA {pass} pass is not implemented yet")
-    } else {
-        "this build has no CUDA kernels: rebuild with `--features cuda` \
-         (needs nvcc 13.0, see scripts/install-nvcc.sh)"
-            .into()
-    };
+#[cfg(not(feature = "cuda"))]
+fn cuda_unavailable(_pass: &str) -> Error {
+    let reason = "this build has no CUDA kernels: rebuild with `--features cuda` \
+                  (needs nvcc 13.0, see scripts/install-nvcc.sh)"
+        .into();
     Error::BackendUnavailable { backend: "cuda", reason }
 }
 
@@ -256,6 +253,25 @@ fn cuda_forward(input: &AttentionInput, cfg: &AttentionConfig) -> Result<Forward
     {
         let _ = (input, cfg);
         Err(cuda_unavailable("forward"))
+    }
+}
+
+/// The fused CUDA backward pass, where this build has it: dQ in the
+/// deterministic mode (bit-identical run to run, see kernels/backward.cu).
+fn cuda_backward(
+    input: &AttentionInput,
+    cfg: &AttentionConfig,
+    fwd: &Forward,
+    d_o: &[f32],
+) -> Result<Grads> {
+    #[cfg(feature = "cuda")]
+    {
+        kernels::cuda::backward(input, cfg, fwd, d_o, kernels::backward::DqMode::Deterministic)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (input, cfg, fwd, d_o);
+        Err(cuda_unavailable("backward"))
     }
 }
 
@@ -312,7 +328,8 @@ pub fn backward(
     }
     check_finite("dO", d_o)?;
     if backend == Backend::Cuda {
-        return Err(cuda_unavailable("backward"));
+        // Also for empty calls: a request for CUDA where it cannot run fails.
+        return cuda_backward(input, cfg, fwd, d_o);
     }
     if s.n_q == 0 || s.n_k == 0 {
         return Ok(Grads {
@@ -325,6 +342,6 @@ pub fn backward(
         Backend::Reference => Ok(reference::backward(input, cfg, fwd, d_o)),
         Backend::Cpu => Ok(fast::backward(input, cfg, fwd, d_o)),
         Backend::Unfused => Ok(unfused::backward(input, cfg, fwd, d_o)),
-        Backend::Cuda => Err(cuda_unavailable("backward")),
+        Backend::Cuda => cuda_backward(input, cfg, fwd, d_o),
     }
 }

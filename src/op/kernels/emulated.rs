@@ -7,13 +7,17 @@
 //! small shapes, and is orders of magnitude slower than [`super::super::fast`].
 //! It cannot show races between warps that only a GPU would expose.
 
+use super::backward::{
+    BackwardKernel, BackwardPointers, DqMode, backward_launches, backward_params, check_backward,
+    empty_grads,
+};
 use super::params::*;
 use super::{
     CallPointers, THREADS, call_stats, check_limits, forward_params, host_threshold, median_params,
     median_state, tiled_grid, uses_median_kernels, valid_entries,
 };
 use crate::error::Result;
-use crate::op::{AttentionConfig, AttentionInput, CallStats, Forward, Threshold};
+use crate::op::{AttentionConfig, AttentionInput, CallStats, Forward, Grads, Threshold};
 
 // The launchers of kernels/emu/launch.cpp: each runs one kernel over
 // `grid` blocks of `block` threads.
@@ -21,6 +25,7 @@ unsafe extern "C" {
     fn lwpf_emu_median_hist_f32(grid: u32, block: u32, p: *const LwpfMedianParams);
     fn lwpf_emu_median_select(grid: u32, block: u32, p: *const LwpfMedianParams);
     fn lwpf_emu_forward_f32(grid: u32, block: u32, p: *const LwpfForwardParams);
+    fn lwpf_emu_backward_f32(kernel: i32, grid: u32, block: u32, p: *const LwpfBackwardParams);
     fn lwpf_emu_selftest_barrier(grid: u32, block: u32, out: *mut u32, rounds: i32);
     fn lwpf_emu_selftest_warp(grid: u32, block: u32, input: *const i32, out: *mut i32);
     fn lwpf_emu_selftest_atomics(
@@ -144,6 +149,63 @@ pub fn forward(input: &AttentionInput, cfg: &AttentionConfig) -> Result<Forward>
     let thr = if median_kernels { buf.state.threshold } else { *buf.threshold };
     let stats = call_stats(cfg, &thr, &buf.forgotten, entries);
     Ok(Forward { o: buf.o, lse: buf.lse, stats })
+}
+
+/// Backward pass (SPEC section 5) by the fused kernels under emulation, from
+/// the forward pass `fwd` of the same call (its O, lse and threshold).
+pub fn backward(
+    input: &AttentionInput,
+    cfg: &AttentionConfig,
+    fwd: &Forward,
+    d_o: &[f32],
+    mode: DqMode,
+) -> Result<Grads> {
+    check_backward(input, cfg, fwd, d_o, "emulated")?;
+    let s = input.shape;
+    if s.n_q == 0 || s.n_k == 0 {
+        return Ok(empty_grads(input));
+    }
+    let mut delta = vec![f32::NAN; s.rows()];
+    let mut center_rows = vec![f32::NAN; s.rows()];
+    let mut center = Box::new(LwpfCenterGrad::default());
+    // NaN: an element the kernels failed to write cannot pass a test. The
+    // atomic mode adds into dQ, so it starts from zero.
+    let dq_init = if mode == DqMode::Atomic { 0.0 } else { f32::NAN };
+    let mut grads = Grads {
+        dq: vec![dq_init; s.q_len()],
+        dk: vec![f32::NAN; s.k_len()],
+        dv: vec![f32::NAN; s.v_len()],
+    };
+    let ptr = BackwardPointers {
+        q: input.q.as_ptr(),
+        k: input.k.as_ptr(),
+        v: input.v.as_ptr(),
+        valid: input.valid.map_or(std::ptr::null(), |m| m.as_ptr().cast::<u8>()),
+        o: fwd.o.as_ptr(),
+        lse: fwd.lse.as_ptr(),
+        d_o: d_o.as_ptr(),
+        delta: delta.as_mut_ptr(),
+        center_rows: center_rows.as_mut_ptr(),
+        center: &mut *center,
+        dq: grads.dq.as_mut_ptr(),
+        dk: grads.dk.as_mut_ptr(),
+        dv: grads.dv.as_mut_ptr(),
+    };
+    let p = backward_params(input, cfg, fwd, &ptr, mode);
+    for (kernel, grid) in backward_launches(input, fwd, mode) {
+        let id = match kernel {
+            BackwardKernel::Prep => 0,
+            BackwardKernel::Center => 1,
+            BackwardKernel::CenterReduce => 2,
+            BackwardKernel::DkDv => 3,
+            BackwardKernel::Dq => 4,
+        };
+        // SAFETY: every pointer in `p` is valid for the sizes in `p`: the
+        // validated input, O, lse and dO of checked lengths, and the live
+        // buffers above.
+        unsafe { lwpf_emu_backward_f32(id, grid, THREADS, &p) };
+    }
+    Ok(grads)
 }
 
 /// The emulation's own self-tests (`kernels/selftest/emu_selftest.cu`), each

@@ -17,11 +17,16 @@
 //! reads the threshold from device memory, so there is no round trip between
 //! the median and the forward pass.
 //!
+//! The backward pass is laid out in [`backward`].
+//!
 //! Limits narrower than SPEC: `Dv <= 128` (the forward's accumulators are
-//! registers), sizes below 2^31 per dimension, f32 tensors only, forward only.
+//! registers), `D, Dv <= 64` in the backward, sizes below 2^31 per dimension,
+//! f32 tensors only.
 
+pub mod backward;
 pub mod emulated;
 pub mod params;
+pub mod unfused;
 
 #[cfg(feature = "cuda")]
 pub mod cuda;

@@ -13,6 +13,7 @@ pub const LWPF_RADIX_BINS: u32 = 2048;
 pub const LWPF_BIAS_THRESHOLD: u32 = 0;
 pub const LWPF_BIAS_FIXED: u32 = 1;
 pub const LWPF_BIAS_NEG_INF: u32 = 2;
+pub const LWPF_BWD_MAX_D: u32 = 64;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct LwpfThreshold {
@@ -200,6 +201,218 @@ const _: () = {
         [::core::mem::offset_of!(LwpfForwardParams, seed_hi) - 104usize];
 };
 impl Default for LwpfForwardParams {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct LwpfCenterGrad {
+    pub g_b: f64,
+    pub share: f32,
+    pub pad: ::core::ffi::c_int,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of LwpfCenterGrad"][::core::mem::size_of::<LwpfCenterGrad>() - 16usize];
+    ["Alignment of LwpfCenterGrad"][::core::mem::align_of::<LwpfCenterGrad>() - 8usize];
+    ["Offset of field: LwpfCenterGrad::g_b"][::core::mem::offset_of!(LwpfCenterGrad, g_b) - 0usize];
+    ["Offset of field: LwpfCenterGrad::share"]
+        [::core::mem::offset_of!(LwpfCenterGrad, share) - 8usize];
+    ["Offset of field: LwpfCenterGrad::pad"]
+        [::core::mem::offset_of!(LwpfCenterGrad, pad) - 12usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct LwpfBackwardParams {
+    pub q_ptr: *const f32,
+    pub k_ptr: *const f32,
+    pub v_ptr: *const f32,
+    pub valid_ptr: *const ::core::ffi::c_uchar,
+    pub o_ptr: *const f32,
+    pub lse_ptr: *const f32,
+    pub do_ptr: *const f32,
+    pub delta_ptr: *mut f32,
+    pub center_rows_ptr: *mut f32,
+    pub center_ptr: *mut LwpfCenterGrad,
+    pub dq_ptr: *mut f32,
+    pub dk_ptr: *mut f32,
+    pub dv_ptr: *mut f32,
+    pub batch: ::core::ffi::c_int,
+    pub heads: ::core::ffi::c_int,
+    pub n_q: ::core::ffi::c_int,
+    pub n_k: ::core::ffi::c_int,
+    pub d: ::core::ffi::c_int,
+    pub d_v: ::core::ffi::c_int,
+    pub beta: f32,
+    pub z: f32,
+    pub b: f32,
+    pub m: f32,
+    pub center_gradient: ::core::ffi::c_int,
+    pub pad: ::core::ffi::c_int,
+    pub at_median: ::core::ffi::c_ulonglong,
+    pub drop_forgotten: ::core::ffi::c_int,
+    pub dropout_p: f32,
+    pub seed_lo: ::core::ffi::c_uint,
+    pub seed_hi: ::core::ffi::c_uint,
+    pub dq_atomic: ::core::ffi::c_int,
+    pub pad2: ::core::ffi::c_int,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of LwpfBackwardParams"][::core::mem::size_of::<LwpfBackwardParams>() - 184usize];
+    ["Alignment of LwpfBackwardParams"][::core::mem::align_of::<LwpfBackwardParams>() - 8usize];
+    ["Offset of field: LwpfBackwardParams::q_ptr"]
+        [::core::mem::offset_of!(LwpfBackwardParams, q_ptr) - 0usize];
+    ["Offset of field: LwpfBackwardParams::k_ptr"]
+        [::core::mem::offset_of!(LwpfBackwardParams, k_ptr) - 8usize];
+    ["Offset of field: LwpfBackwardParams::v_ptr"]
+        [::core::mem::offset_of!(LwpfBackwardParams, v_ptr) - 16usize];
+    ["Offset of field: LwpfBackwardParams::valid_ptr"]
+        [::core::mem::offset_of!(LwpfBackwardParams, valid_ptr) - 24usize];
+    ["Offset of field: LwpfBackwardParams::o_ptr"]
+        [::core::mem::offset_of!(LwpfBackwardParams, o_ptr) - 32usize];
+    ["Offset of field: LwpfBackwardParams::lse_ptr"]
+        [::core::mem::offset_of!(LwpfBackwardParams, lse_ptr) - 40usize];
+    ["Offset of field: LwpfBackwardParams::do_ptr"]
+        [::core::mem::offset_of!(LwpfBackwardParams, do_ptr) - 48usize];
+    ["Offset of field: LwpfBackwardParams::delta_ptr"]
+        [::core::mem::offset_of!(LwpfBackwardParams, delta_ptr) - 56usize];
+    ["Offset of field: LwpfBackwardParams::center_rows_ptr"]
+        [::core::mem::offset_of!(LwpfBackwardParams, center_rows_ptr) - 64usize];
+    ["Offset of field: LwpfBackwardParams::center_ptr"]
+        [::core::mem::offset_of!(LwpfBackwardParams, center_ptr) - 72usize];
+    ["Offset of field: LwpfBackwardParams::dq_ptr"]
+        [::core::mem::offset_of!(LwpfBackwardParams, dq_ptr) - 80usize];
+    ["Offset of field: LwpfBackwardParams::dk_ptr"]
+        [::core::mem::offset_of!(LwpfBackwardParams, dk_ptr) - 88usize];
+    ["Offset of field: LwpfBackwardParams::dv_ptr"]
+        [::core::mem::offset_of!(LwpfBackwardParams, dv_ptr) - 96usize];
+    ["Offset of field: LwpfBackwardParams::batch"]
+        [::core::mem::offset_of!(LwpfBackwardParams, batch) - 104usize];
+    ["Offset of field: LwpfBackwardParams::heads"]
+        [::core::mem::offset_of!(LwpfBackwardParams, heads) - 108usize];
+    ["Offset of field: LwpfBackwardParams::n_q"]
+        [::core::mem::offset_of!(LwpfBackwardParams, n_q) - 112usize];
+    ["Offset of field: LwpfBackwardParams::n_k"]
+        [::core::mem::offset_of!(LwpfBackwardParams, n_k) - 116usize];
+    ["Offset of field: LwpfBackwardParams::d"]
+        [::core::mem::offset_of!(LwpfBackwardParams, d) - 120usize];
+    ["Offset of field: LwpfBackwardParams::d_v"]
+        [::core::mem::offset_of!(LwpfBackwardParams, d_v) - 124usize];
+    ["Offset of field: LwpfBackwardParams::beta"]
+        [::core::mem::offset_of!(LwpfBackwardParams, beta) - 128usize];
+    ["Offset of field: LwpfBackwardParams::z"]
+        [::core::mem::offset_of!(LwpfBackwardParams, z) - 132usize];
+    ["Offset of field: LwpfBackwardParams::b"]
+        [::core::mem::offset_of!(LwpfBackwardParams, b) - 136usize];
+    ["Offset of field: LwpfBackwardParams::m"]
+        [::core::mem::offset_of!(LwpfBackwardParams, m) - 140usize];
+    ["Offset of field: LwpfBackwardParams::center_gradient"]
+        [::core::mem::offset_of!(LwpfBackwardParams, center_gradient) - 144usize];
+    ["Offset of field: LwpfBackwardParams::pad"]
+        [::core::mem::offset_of!(LwpfBackwardParams, pad) - 148usize];
+    ["Offset of field: LwpfBackwardParams::at_median"]
+        [::core::mem::offset_of!(LwpfBackwardParams, at_median) - 152usize];
+    ["Offset of field: LwpfBackwardParams::drop_forgotten"]
+        [::core::mem::offset_of!(LwpfBackwardParams, drop_forgotten) - 160usize];
+    ["Offset of field: LwpfBackwardParams::dropout_p"]
+        [::core::mem::offset_of!(LwpfBackwardParams, dropout_p) - 164usize];
+    ["Offset of field: LwpfBackwardParams::seed_lo"]
+        [::core::mem::offset_of!(LwpfBackwardParams, seed_lo) - 168usize];
+    ["Offset of field: LwpfBackwardParams::seed_hi"]
+        [::core::mem::offset_of!(LwpfBackwardParams, seed_hi) - 172usize];
+    ["Offset of field: LwpfBackwardParams::dq_atomic"]
+        [::core::mem::offset_of!(LwpfBackwardParams, dq_atomic) - 176usize];
+    ["Offset of field: LwpfBackwardParams::pad2"]
+        [::core::mem::offset_of!(LwpfBackwardParams, pad2) - 180usize];
+};
+impl Default for LwpfBackwardParams {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct LwpfUnfusedParams {
+    pub s_ptr: *const f32,
+    pub w_ptr: *mut f32,
+    pub ds_ptr: *mut f32,
+    pub valid_ptr: *const ::core::ffi::c_uchar,
+    pub threshold_ptr: *const LwpfThreshold,
+    pub state_ptr: *mut LwpfMedianState,
+    pub lse_ptr: *mut f32,
+    pub forgotten_ptr: *mut ::core::ffi::c_uint,
+    pub delta_ptr: *const f32,
+    pub center_rows_ptr: *mut f32,
+    pub center_ptr: *const LwpfCenterGrad,
+    pub batch: ::core::ffi::c_int,
+    pub heads: ::core::ffi::c_int,
+    pub n_q: ::core::ffi::c_int,
+    pub n_k: ::core::ffi::c_int,
+    pub pass: ::core::ffi::c_int,
+    pub drop_forgotten: ::core::ffi::c_int,
+    pub dropout_p: f32,
+    pub seed_lo: ::core::ffi::c_uint,
+    pub seed_hi: ::core::ffi::c_uint,
+    pub center_gradient: ::core::ffi::c_int,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of LwpfUnfusedParams"][::core::mem::size_of::<LwpfUnfusedParams>() - 128usize];
+    ["Alignment of LwpfUnfusedParams"][::core::mem::align_of::<LwpfUnfusedParams>() - 8usize];
+    ["Offset of field: LwpfUnfusedParams::s_ptr"]
+        [::core::mem::offset_of!(LwpfUnfusedParams, s_ptr) - 0usize];
+    ["Offset of field: LwpfUnfusedParams::w_ptr"]
+        [::core::mem::offset_of!(LwpfUnfusedParams, w_ptr) - 8usize];
+    ["Offset of field: LwpfUnfusedParams::ds_ptr"]
+        [::core::mem::offset_of!(LwpfUnfusedParams, ds_ptr) - 16usize];
+    ["Offset of field: LwpfUnfusedParams::valid_ptr"]
+        [::core::mem::offset_of!(LwpfUnfusedParams, valid_ptr) - 24usize];
+    ["Offset of field: LwpfUnfusedParams::threshold_ptr"]
+        [::core::mem::offset_of!(LwpfUnfusedParams, threshold_ptr) - 32usize];
+    ["Offset of field: LwpfUnfusedParams::state_ptr"]
+        [::core::mem::offset_of!(LwpfUnfusedParams, state_ptr) - 40usize];
+    ["Offset of field: LwpfUnfusedParams::lse_ptr"]
+        [::core::mem::offset_of!(LwpfUnfusedParams, lse_ptr) - 48usize];
+    ["Offset of field: LwpfUnfusedParams::forgotten_ptr"]
+        [::core::mem::offset_of!(LwpfUnfusedParams, forgotten_ptr) - 56usize];
+    ["Offset of field: LwpfUnfusedParams::delta_ptr"]
+        [::core::mem::offset_of!(LwpfUnfusedParams, delta_ptr) - 64usize];
+    ["Offset of field: LwpfUnfusedParams::center_rows_ptr"]
+        [::core::mem::offset_of!(LwpfUnfusedParams, center_rows_ptr) - 72usize];
+    ["Offset of field: LwpfUnfusedParams::center_ptr"]
+        [::core::mem::offset_of!(LwpfUnfusedParams, center_ptr) - 80usize];
+    ["Offset of field: LwpfUnfusedParams::batch"]
+        [::core::mem::offset_of!(LwpfUnfusedParams, batch) - 88usize];
+    ["Offset of field: LwpfUnfusedParams::heads"]
+        [::core::mem::offset_of!(LwpfUnfusedParams, heads) - 92usize];
+    ["Offset of field: LwpfUnfusedParams::n_q"]
+        [::core::mem::offset_of!(LwpfUnfusedParams, n_q) - 96usize];
+    ["Offset of field: LwpfUnfusedParams::n_k"]
+        [::core::mem::offset_of!(LwpfUnfusedParams, n_k) - 100usize];
+    ["Offset of field: LwpfUnfusedParams::pass"]
+        [::core::mem::offset_of!(LwpfUnfusedParams, pass) - 104usize];
+    ["Offset of field: LwpfUnfusedParams::drop_forgotten"]
+        [::core::mem::offset_of!(LwpfUnfusedParams, drop_forgotten) - 108usize];
+    ["Offset of field: LwpfUnfusedParams::dropout_p"]
+        [::core::mem::offset_of!(LwpfUnfusedParams, dropout_p) - 112usize];
+    ["Offset of field: LwpfUnfusedParams::seed_lo"]
+        [::core::mem::offset_of!(LwpfUnfusedParams, seed_lo) - 116usize];
+    ["Offset of field: LwpfUnfusedParams::seed_hi"]
+        [::core::mem::offset_of!(LwpfUnfusedParams, seed_hi) - 120usize];
+    ["Offset of field: LwpfUnfusedParams::center_gradient"]
+        [::core::mem::offset_of!(LwpfUnfusedParams, center_gradient) - 124usize];
+};
+impl Default for LwpfUnfusedParams {
     fn default() -> Self {
         let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
         unsafe {

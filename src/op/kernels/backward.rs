@@ -1,0 +1,196 @@
+//! The host side of the fused backward (`kernels/backward.cu`, SPEC section
+//! 5): its checks, its parameter struct and its sequence of launches, shared
+//! by the emulated and the CUDA backends.
+//!
+//! One call is: the Delta pre-pass; with the center gradient, the per-row
+//! gradient reaching b and its one-block sum; the key-tile kernel for dK and
+//! dV; and, in [`DqMode::Deterministic`], the query-tile kernel for dQ. In
+//! [`DqMode::Atomic`] the key-tile kernel adds dQ with float atomics instead
+//! (one kernel less of score recomputation, dQ not bit-reproducible).
+//!
+//! Limits narrower than SPEC: `D <= 64` and `Dv <= 64` (the kernels stage
+//! whole rows of Q, K, V and dO in static shared memory), f32 only. Extra
+//! device memory: two floats per query row and one small struct.
+
+use super::params::*;
+use super::{THREADS, check_limits, tiled_grid};
+use crate::error::{Error, Result};
+use crate::op::{AttentionConfig, AttentionInput, Forward, Grads, check_finite, philox};
+
+/// How the fused backward writes dQ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DqMode {
+    /// A query-tile kernel of its own sums dQ in a fixed order: bit-identical
+    /// run to run.
+    #[default]
+    Deterministic,
+    /// The key-tile kernel adds its share of dQ with float atomics: faster,
+    /// but the order of the additions (and so the last bits of dQ) is the
+    /// scheduler's.
+    Atomic,
+}
+
+/// The kernels of one backward call, in launch order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackwardKernel {
+    /// `lwpf_backward_prep_f32`: Delta per row.
+    Prep,
+    /// `lwpf_backward_center_f32`: per-row gradient reaching b.
+    Center,
+    /// `lwpf_backward_center_reduce`: g_b and the share of each tie.
+    CenterReduce,
+    /// `lwpf_backward_dkdv_f32`: dK, dV (and dQ by atomics).
+    DkDv,
+    /// `lwpf_backward_dq_f32`: dQ.
+    Dq,
+}
+
+impl BackwardKernel {
+    /// The kernel's symbol in `kernels/backward.cu`.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BackwardKernel::Prep => "lwpf_backward_prep_f32",
+            BackwardKernel::Center => "lwpf_backward_center_f32",
+            BackwardKernel::CenterReduce => "lwpf_backward_center_reduce",
+            BackwardKernel::DkDv => "lwpf_backward_dkdv_f32",
+            BackwardKernel::Dq => "lwpf_backward_dq_f32",
+        }
+    }
+}
+
+/// Checks what `op::backward` checks, and the kernels' own limits.
+pub fn check_backward(
+    input: &AttentionInput,
+    cfg: &AttentionConfig,
+    fwd: &Forward,
+    d_o: &[f32],
+    backend: &'static str,
+) -> Result<()> {
+    cfg.validate()?;
+    input.validate()?;
+    check_limits(input, backend)?;
+    let s = input.shape;
+    for (tensor, got, expected) in [
+        ("dO", d_o.len(), s.o_len()),
+        ("O", fwd.o.len(), s.o_len()),
+        ("lse", fwd.lse.len(), s.rows()),
+    ] {
+        if got != expected {
+            return Err(Error::ShapeMismatch { tensor, got, expected, shape: s.to_string() });
+        }
+    }
+    check_finite("dO", d_o)?;
+    let max = LWPF_BWD_MAX_D as usize;
+    if s.d > max || s.d_v > max {
+        return Err(Error::BackendUnavailable {
+            backend,
+            reason: format!(
+                "the fused backward supports D, Dv <= {max}, got D = {}, Dv = {}",
+                s.d, s.d_v
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Zero gradients of a call without scores.
+pub fn empty_grads(input: &AttentionInput) -> Grads {
+    let s = input.shape;
+    Grads { dq: vec![0.0; s.q_len()], dk: vec![0.0; s.k_len()], dv: vec![0.0; s.v_len()] }
+}
+
+/// Whether the call spreads g_b over the scores equal to the median.
+pub fn uses_center_gradient(fwd: &Forward) -> bool {
+    let t = fwd.stats.threshold;
+    t.center_gradient && t.m.is_some() && fwd.stats.at_median > 0
+}
+
+/// The launches of one call: kernel and number of blocks (of [`THREADS`]
+/// threads each).
+pub fn backward_launches(
+    input: &AttentionInput,
+    fwd: &Forward,
+    mode: DqMode,
+) -> Vec<(BackwardKernel, u32)> {
+    let s = input.shape;
+    let rows_grid = s.rows().div_ceil(THREADS as usize) as u32;
+    let key_grid = ((s.batch * s.heads) * s.n_k.div_ceil(LWPF_TILE_K as usize)) as u32;
+    let mut out = vec![(BackwardKernel::Prep, rows_grid)];
+    if uses_center_gradient(fwd) {
+        out.push((BackwardKernel::Center, tiled_grid(input)));
+        out.push((BackwardKernel::CenterReduce, 1));
+    }
+    out.push((BackwardKernel::DkDv, key_grid));
+    if mode == DqMode::Deterministic {
+        out.push((BackwardKernel::Dq, tiled_grid(input)));
+    }
+    out
+}
+
+/// Pointers of one backward call as the kernels see them.
+#[derive(Clone, Copy, Debug)]
+pub struct BackwardPointers {
+    pub q: *const f32,
+    pub k: *const f32,
+    pub v: *const f32,
+    /// Null without a mask.
+    pub valid: *const u8,
+    pub o: *const f32,
+    pub lse: *const f32,
+    pub d_o: *const f32,
+    /// `[B * H * Nq]` each.
+    pub delta: *mut f32,
+    pub center_rows: *mut f32,
+    pub center: *mut LwpfCenterGrad,
+    pub dq: *mut f32,
+    pub dk: *mut f32,
+    pub dv: *mut f32,
+}
+
+/// Parameters of every backward kernel of the call.
+pub fn backward_params(
+    input: &AttentionInput,
+    cfg: &AttentionConfig,
+    fwd: &Forward,
+    ptr: &BackwardPointers,
+    mode: DqMode,
+) -> LwpfBackwardParams {
+    let s = input.shape;
+    let thr = fwd.stats.threshold;
+    let key = philox::key_of(cfg.seed);
+    LwpfBackwardParams {
+        q_ptr: ptr.q,
+        k_ptr: ptr.k,
+        v_ptr: ptr.v,
+        valid_ptr: ptr.valid,
+        o_ptr: ptr.o,
+        lse_ptr: ptr.lse,
+        do_ptr: ptr.d_o,
+        delta_ptr: ptr.delta,
+        center_rows_ptr: ptr.center_rows,
+        center_ptr: ptr.center,
+        dq_ptr: ptr.dq,
+        dk_ptr: ptr.dk,
+        dv_ptr: ptr.dv,
+        batch: s.batch as i32,
+        heads: s.heads as i32,
+        n_q: s.n_q as i32,
+        n_k: s.n_k as i32,
+        d: s.d as i32,
+        d_v: s.d_v as i32,
+        beta: cfg.beta_for(s.d),
+        z: thr.z,
+        b: thr.b,
+        // NaN equals no score: no ties without a median.
+        m: thr.m.unwrap_or(f32::NAN),
+        center_gradient: uses_center_gradient(fwd) as i32,
+        pad: 0,
+        at_median: fwd.stats.at_median,
+        drop_forgotten: cfg.drop_forgotten as i32,
+        dropout_p: cfg.effective_dropout(),
+        seed_lo: key[0],
+        seed_hi: key[1],
+        dq_atomic: (mode == DqMode::Atomic) as i32,
+        pad2: 0,
+    }
+}

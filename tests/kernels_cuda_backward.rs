@@ -1,0 +1,154 @@
+//! The fused backward kernels on a GPU against the CPU reference (the checks
+//! in backward_checks/, on the emulation's shapes and larger ones), in both
+//! dQ modes, and the deterministic mode bit for bit on the real scheduler.
+//! Each test says why it skips where the CUDA backend cannot run.
+
+mod backward_checks;
+mod common;
+
+use lwpf::op::{self, AttentionConfig, AttentionInput, Backend, Forward, Shape};
+
+#[cfg(feature = "cuda")]
+use lwpf::op::kernels::{backward::DqMode, cuda};
+
+/// Whether a GPU can run the kernels here; prints why not.
+fn gpu(test: &str) -> bool {
+    #[cfg(feature = "cuda")]
+    let why = match cuda::available() {
+        Ok(()) => return true,
+        Err(e) => e.to_string(),
+    };
+    #[cfg(not(feature = "cuda"))]
+    let why = "built without the `cuda` feature".to_string();
+    eprintln!("{test}: skipped, no GPU backend ({why})");
+    false
+}
+
+/// Where the backend cannot run, the backward is a typed error too.
+#[test]
+fn unavailable_cuda_backward_is_a_typed_error() {
+    if gpu("unavailable_cuda_backward_is_a_typed_error") {
+        return;
+    }
+    let shape = Shape::new(1, 1, 2, 3, 4);
+    let q = vec![0.5; shape.q_len()];
+    let k = vec![0.5; shape.k_len()];
+    let v = vec![0.5; shape.v_len()];
+    let input = AttentionInput { q: &q, k: &k, v: &v, valid: None, shape };
+    let cfg = AttentionConfig::default();
+    let fwd: Forward = op::forward(&input, &cfg, Backend::Reference).expect("reference");
+    let g = vec![1.0; shape.o_len()];
+    let e = op::backward(&input, &cfg, &fwd, &g, Backend::Cuda).unwrap_err();
+    assert!(matches!(e, lwpf::Error::BackendUnavailable { backend: "cuda", .. }), "{e}");
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_forward(input: &AttentionInput, cfg: &AttentionConfig) -> lwpf::Result<Forward> {
+    op::forward(input, cfg, Backend::Cuda)
+}
+
+/// The op's CUDA backward (the deterministic mode).
+#[cfg(feature = "cuda")]
+fn cuda_backward(
+    input: &AttentionInput,
+    cfg: &AttentionConfig,
+    fwd: &Forward,
+    d_o: &[f32],
+) -> lwpf::Result<lwpf::op::Grads> {
+    op::backward(input, cfg, fwd, d_o, Backend::Cuda)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_atomic(
+    input: &AttentionInput,
+    cfg: &AttentionConfig,
+    fwd: &Forward,
+    d_o: &[f32],
+) -> lwpf::Result<lwpf::op::Grads> {
+    cuda::backward(input, cfg, fwd, d_o, DqMode::Atomic)
+}
+
+#[cfg(feature = "cuda")]
+mod on_gpu {
+    use super::*;
+    use backward_checks::*;
+
+    fn shapes() -> Vec<Shape> {
+        let mut s = ragged_backward_shapes();
+        s.extend([
+            Shape { d_v: 5, ..Shape::new(2, 2, 130, 257, 64) },
+            Shape::new(1, 3, 300, 100, 64),
+        ]);
+        s
+    }
+
+    #[test]
+    fn backward_matches_reference_on_option_matrix() {
+        if gpu("backward_matches_reference_on_option_matrix") {
+            backward_matches_reference(cuda_forward, cuda_backward, &shapes());
+        }
+    }
+
+    #[test]
+    fn atomic_dq_matches_reference_on_option_matrix() {
+        if gpu("atomic_dq_matches_reference_on_option_matrix") {
+            backward_matches_reference(cuda_forward, cuda_atomic, &shapes());
+        }
+    }
+
+    #[test]
+    fn backward_rows_with_every_key_forgotten() {
+        if gpu("backward_rows_with_every_key_forgotten") {
+            rows_with_every_key_forgotten(cuda_forward, cuda_backward);
+            rows_with_every_key_forgotten(cuda_forward, cuda_atomic);
+        }
+    }
+
+    #[test]
+    fn backward_center_gradient_over_median_ties() {
+        if gpu("backward_center_gradient_over_median_ties") {
+            center_gradient_over_ties(cuda_forward, cuda_backward);
+            center_gradient_over_ties(cuda_forward, cuda_atomic);
+        }
+    }
+
+    #[test]
+    fn deterministic_dq_is_bit_identical() {
+        if gpu("deterministic_dq_is_bit_identical") {
+            deterministic_is_bit_identical(cuda_forward, cuda_backward);
+        }
+    }
+
+    /// The deterministic mode on a shape with many blocks per head, where the
+    /// scheduler's order varies between runs: still bit for bit.
+    #[test]
+    fn deterministic_dq_is_bit_identical_at_scale() {
+        if !gpu("deterministic_dq_is_bit_identical_at_scale") {
+            return;
+        }
+        let seed = common::run_seed("deterministic at scale");
+        let mut r = common::rng(seed);
+        let shape = Shape::new(2, 4, 1000, 1000, 64);
+        let q = common::uniform(&mut r, shape.q_len());
+        let k = common::uniform(&mut r, shape.k_len());
+        let v = common::uniform(&mut r, shape.v_len());
+        let g = common::uniform(&mut r, shape.o_len());
+        let input = AttentionInput { q: &q, k: &k, v: &v, valid: None, shape };
+        let cfg = AttentionConfig {
+            forgetting: lwpf::op::Forgetting::Pfu(lwpf::op::Pfu::median_preset()),
+            dropout: 0.1,
+            seed,
+            training: true,
+            ..Default::default()
+        };
+        let f = cuda_forward(&input, &cfg).expect("forward");
+        let a = cuda_backward(&input, &cfg, &f, &g).expect("backward");
+        for run in 0..3 {
+            let b = cuda_backward(&input, &cfg, &f, &g).expect("backward");
+            for (t, x, y) in [("dQ", &a.dq, &b.dq), ("dK", &a.dk, &b.dk), ("dV", &a.dv, &b.dv)] {
+                let same = x.iter().zip(y.iter()).all(|(p, q)| p.to_bits() == q.to_bits());
+                assert!(same, "{t} differs in run {run}");
+            }
+        }
+    }
+}
