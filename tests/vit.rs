@@ -339,6 +339,14 @@ fn a_short_run_writes_metrics_summary_and_checkpoint() {
     assert!(s["goal_reached"].is_boolean() && s["wall_time_s"].as_f64().unwrap() > 0.0);
     assert_eq!(s["config"]["model"], "cpu-small");
 
+    // The curves are drawn from metrics.jsonl at the end of the run, and
+    // `lwpf plot` recognises the directory as a ViT run.
+    assert!(lwpf::train::vit_plot::is_vit_run(out.path()));
+    for ext in ["png", "svg"] {
+        let len = std::fs::metadata(out.path().join(format!("curves.{ext}"))).unwrap().len();
+        assert!(len > 1000, "curves.{ext} has {len} bytes");
+    }
+
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -5,6 +5,7 @@ pub mod bitpattern;
 pub mod checkpoint;
 pub mod metrics;
 pub mod vit;
+pub mod vit_plot;
 
 use std::io::Write;
 use std::path::Path;

@@ -508,6 +508,11 @@ pub fn train(cfg: &VitTrainConfig) -> Result<TrainSummary> {
         what: e.to_string(),
     })?;
     super::atomic_write(&cfg.out.join("summary.json"), &json)?;
+    // The curves are a convenience: a failure to draw them loses no result.
+    match super::vit_plot::plot_runs(std::slice::from_ref(&cfg.out), &cfg.out, "curves") {
+        Ok(files) => info!("drew {}", files[0].display()),
+        Err(e) => warn!("could not draw the curves: {e}"),
+    }
     if !summary.goal_reached && cfg.model == "cpu-small" && cfg.test_limit.is_none() {
         warn!(
             "test accuracy {:.2}% is below the {:.0}% goal",

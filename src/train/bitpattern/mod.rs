@@ -248,6 +248,15 @@ impl GridArgs {
 impl PlotArgs {
     /// Redraws the figure; returns the files written.
     pub fn run(&self) -> Result<Vec<PathBuf>> {
+        if self.dirs.iter().all(|d| crate::train::vit_plot::is_vit_run(d)) {
+            let out = self.out.clone().unwrap_or_else(|| self.dirs[0].clone());
+            let name = if self.name == "fig3" { "curves" } else { self.name.as_str() };
+            let files = crate::train::vit_plot::plot_runs(&self.dirs, &out, name)?;
+            for f in &files {
+                println!("wrote {}", f.display());
+            }
+            return Ok(files);
+        }
         let runs = grid::load_curves(&self.dirs)?;
         if runs.is_empty() {
             return Err(Error::InvalidConfig {
