@@ -59,12 +59,33 @@ fn check(
     shape: Shape,
     cfg: &AttentionConfig,
     g: &[f32],
-) {
+) -> bool {
     let w = |x: &[f32]| x.iter().map(|&a| a as f64).collect::<Vec<_>>();
     let (q, k, v, g) = (w(q), w(k), w(v), w(g));
     let x = Input64 { q: &q, k: &k, v: &v, valid, shape };
     let fwd = forward64(&x, cfg, None);
     let thr = fwd.threshold;
+    // The loss has a kink wherever a score crosses z. Differences of step
+    // 1e-6 move scores by about 1e-6, so inputs with a score within 1e-4 of
+    // z (other than one sitting exactly on it) cannot be checked this way:
+    // the caller draws new ones.
+    let beta = cfg.beta_for(shape.d) as f64;
+    let near = (0..shape.batch * shape.heads).any(|bh| {
+        (0..shape.n_q).any(|i| {
+            (0..shape.n_k)
+                .filter(|&j| valid.is_none_or(|m| m[(bh / shape.heads) * shape.n_k + j]))
+                .any(|j| {
+                    let qi = &q[(bh * shape.n_q + i) * shape.d..][..shape.d];
+                    let kj = &k[(bh * shape.n_k + j) * shape.d..][..shape.d];
+                    let s = beta * qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>();
+                    let dist = (s - thr.z).abs();
+                    dist > 0.0 && dist < 1e-4
+                })
+        })
+    });
+    if near {
+        return false;
+    }
     let analytic = backward64(&x, cfg, &thr, &g);
     // With the center gradient on, the threshold moves with the median.
     // Otherwise z and b are constants and the mask carries no gradient, so the
@@ -89,6 +110,7 @@ fn check(
         let e = rel(a, n);
         assert!(e < 1e-6, "{name}: {tn} rel err {e:e}\n analytic {a:?}\n numeric  {n:?}");
     }
+    true
 }
 
 #[test]
@@ -98,14 +120,17 @@ fn every_option_matches_finite_differences() {
     let shape = Shape { d_v: 3, ..Shape::new(2, 2, 3, 5, 4) };
     for use_mask in [false, true] {
         for case in option_matrix(0.7, seed ^ 0x5eed) {
-            let q = uniform(&mut r, shape.q_len());
-            let k = uniform(&mut r, shape.k_len());
-            let v = uniform(&mut r, shape.v_len());
-            let g = uniform(&mut r, shape.o_len());
-            let m = mask(&mut r, shape.batch, shape.n_k, false);
-            let valid = use_mask.then_some(m.as_slice());
             let name = format!("{} mask={use_mask}", case.name);
-            check(&name, &q, &k, &v, valid, shape, &case.cfg, &g);
+            let checked = (0..20).any(|_| {
+                let q = uniform(&mut r, shape.q_len());
+                let k = uniform(&mut r, shape.k_len());
+                let v = uniform(&mut r, shape.v_len());
+                let g = uniform(&mut r, shape.o_len());
+                let m = mask(&mut r, shape.batch, shape.n_k, false);
+                let valid = use_mask.then_some(m.as_slice());
+                check(&name, &q, &k, &v, valid, shape, &case.cfg, &g)
+            });
+            assert!(checked, "{name}: no draw kept its scores away from z");
         }
     }
 }
@@ -211,7 +236,7 @@ fn rows_with_every_key_forgotten() {
                     &fwd.o[..3]
                 );
             }
-            check(&format!("{name} drop={drop}"), &q, &k, &v, None, shape, &cfg, &g);
+            assert!(check(&format!("{name} drop={drop}"), &q, &k, &v, None, shape, &cfg, &g));
         }
     }
 }
