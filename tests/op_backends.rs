@@ -56,9 +56,9 @@ fn check_backend(backend: Backend, shapes: &[Shape], masks: &[bool]) {
                 let e = rel_l2(&gg.dv, &gw.dv);
                 assert!(e < TOL, "{name}: dV rel err {e:e}");
                 let beta = case.cfg.beta_for(shape.d) as f64;
-                let r_max = 1.0 / (1.0 - case.cfg.effective_dropout() as f64);
-                let dp_max = max_abs(&g) * max_abs(&v) * shape.d_v as f64;
-                let term = |other: &[f32]| beta * max_abs(other) * shape.d as f64 * r_max * dp_max;
+                let p = case.cfg.effective_dropout();
+                let term =
+                    |other: &[f32]| score_grad_term(beta, other, shape.d, &g, &v, shape.d_v, p);
                 for (t, a, b, other) in [("dQ", &gg.dq, &gw.dq, &k), ("dK", &gg.dk, &gw.dk, &q)] {
                     let e = rel_l2_grad(a, b, term(other), TOL);
                     assert!(e < TOL, "{name}: {t} rel err {e:e}");

@@ -54,9 +54,8 @@ pub fn check_grads(
     let e = rel_l2(&got.dv, &want.dv);
     assert!(e < TOL, "{name}: dV rel err {e:e}");
     let beta = cfg.beta_for(s.d) as f64;
-    let r_max = 1.0 / (1.0 - cfg.effective_dropout() as f64);
-    let dp_max = max_abs(d_o) * max_abs(input.v) * s.d_v as f64;
-    let term = |other: &[f32]| beta * max_abs(other) * s.d as f64 * r_max * dp_max;
+    let p = cfg.effective_dropout();
+    let term = |other: &[f32]| score_grad_term(beta, other, s.d, d_o, input.v, s.d_v, p);
     for (t, a, b, other) in [("dQ", &got.dq, &want.dq, input.k), ("dK", &got.dk, &want.dk, input.q)]
     {
         let e = rel_l2_grad(a, b, term(other), TOL);

@@ -75,9 +75,26 @@ pub fn rel_l2_grad(x: &[f32], reference: &[f32], term: f64, tol: f64) -> f64 {
     (num.sqrt()) / den.sqrt().max(floor).max(f64::MIN_POSITIVE)
 }
 
-/// Largest absolute value.
-pub fn max_abs(x: &[f32]) -> f64 {
-    x.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64))
+/// Largest L2 norm of the rows of width `width`.
+pub fn max_row_norm(x: &[f32], width: usize) -> f64 {
+    x.chunks(width.max(1))
+        .map(|r| r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt())
+        .fold(0.0, f64::max)
+}
+
+/// The `term` of [`rel_l2_grad`] for dQ (`other` = K) or dK (`other` = Q):
+/// `beta * |other row|max * r_max * |dP|max`, with `|dP_ij| <= |dO_i| |V_j|`.
+pub fn score_grad_term(
+    beta: f64,
+    other: &[f32],
+    d: usize,
+    d_o: &[f32],
+    v: &[f32],
+    d_v: usize,
+    dropout: f32,
+) -> f64 {
+    let r_max = 1.0 / (1.0 - dropout as f64);
+    beta * max_row_norm(other, d) * r_max * max_row_norm(d_o, d_v) * max_row_norm(v, d_v)
 }
 
 /// One named case of the option matrix.
