@@ -66,6 +66,19 @@ pub fn dropout_keep(key: [u32; 2], e: u64, p: f32) -> bool {
     unit_f32(dropout_words(key, e >> 2)[(e & 3) as usize]) >= p
 }
 
+/// Inverted-dropout scale of entry `e`: `1 / (1 - p)` if it survives, else 0
+/// (1 when `p` is 0, without drawing).
+#[inline]
+pub fn dropout_scale(key: [u32; 2], e: u64, p: f32) -> f32 {
+    if p == 0.0 {
+        1.0
+    } else if dropout_keep(key, e, p) {
+        1.0 / (1.0 - p)
+    } else {
+        0.0
+    }
+}
+
 /// The call's standard normal draw for the threshold noise (Box-Muller on the
 /// first two words of the threshold stream).
 pub fn threshold_eps(seed: u64) -> f32 {

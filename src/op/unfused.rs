@@ -118,11 +118,7 @@ fn weights(input: &AttentionInput, cfg: &AttentionConfig, thr: Option<Threshold>
             *lse_r = max + den.ln();
             for j in (0..s.n_k).filter(|&j| valid(j)) {
                 let e = (r * s.n_k + j) as u64;
-                let rd = if p_drop > 0.0 {
-                    if philox::dropout_keep(key, e, p_drop) { 1.0 / (1.0 - p_drop) } else { 0.0 }
-                } else {
-                    1.0
-                };
+                let rd = philox::dropout_scale(key, e, p_drop);
                 if forgotten(j) {
                     if !cfg.drop_forgotten {
                         w_r[j] = exp_f32(thr.b - *lse_r) * rd;
@@ -234,15 +230,7 @@ pub fn backward(
                     *x = 0.0;
                     continue;
                 }
-                let rd = if p_drop > 0.0 {
-                    if philox::dropout_keep(key, e as u64, p_drop) {
-                        1.0 / (1.0 - p_drop)
-                    } else {
-                        0.0
-                    }
-                } else {
-                    1.0
-                };
+                let rd = philox::dropout_scale(key, e as u64, p_drop);
                 if wt.sc[e] <= thr.z {
                     g_b += (exp_f32(thr.b - lse) * (w_forgotten * rd * *x - delta)) as f64;
                     *x = 0.0;
