@@ -4,6 +4,7 @@
 
 pub mod bitpattern;
 pub mod cifar;
+pub mod repertoire;
 
 use rand::{Rng, RngExt};
 use rayon::prelude::*;
