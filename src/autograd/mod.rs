@@ -14,6 +14,7 @@
 //! `backward`.
 
 mod attention;
+mod conv;
 pub mod gradcheck;
 mod hopfield_ops;
 mod linear;
@@ -25,6 +26,7 @@ mod pointwise;
 mod shape;
 mod tensor;
 
+pub use conv::conv_windows;
 pub use params::{Param, ParamId, ParamStore};
 pub use pointwise::{gelu, gelu_grad};
 pub use tensor::{Storage, Tensor};
@@ -91,6 +93,11 @@ enum Op {
     Attention(Box<attention::AttentionSaved>),
     BceWithLogits(hopfield_ops::BceSaved),
     SelectHeads(hopfield_ops::SelectHeadsSaved),
+    Conv1d(Box<conv::Conv1dSaved>),
+    Selu {
+        x: Var,
+    },
+    MaxPositions(conv::MaxPositionsSaved),
 }
 
 struct Node {
@@ -296,6 +303,9 @@ impl<'p> Tape<'p> {
             Op::Attention(s) => self.attention_backward(&s, &g, out)?,
             Op::BceWithLogits(s) => self.bce_with_logits_backward(&s, &g, out),
             Op::SelectHeads(s) => self.select_heads_backward(&s, &g, out),
+            Op::Conv1d(s) => self.conv1d_backward(&s, &g, out),
+            Op::Selu { x } => self.selu_backward(x, g, out),
+            Op::MaxPositions(s) => self.max_positions_backward(&s, &g, out),
         }
         Ok(())
     }

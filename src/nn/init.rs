@@ -49,3 +49,10 @@ pub fn uniform(rng: &mut InitRng, shape: &[usize], bound: f32) -> Tensor {
     let data = (0..n).map(|_| ((rng.unit() * 2.0 - 1.0) * bound as f64) as f32).collect();
     Tensor::from_parts(shape.to_vec(), data)
 }
+
+/// Normal with mean 0 and standard deviation `std`, not truncated.
+pub fn normal(rng: &mut InitRng, shape: &[usize], std: f32) -> Tensor {
+    let n = shape.iter().product();
+    let data = (0..n).map(|_| (rng.normal() * std as f64) as f32).collect();
+    Tensor::from_parts(shape.to_vec(), data)
+}

@@ -12,10 +12,10 @@ mod init;
 
 pub use attention::SelfAttention;
 pub use hopfield::{Hopfield, HopfieldConfig, HopfieldLayer, HopfieldPooling};
-pub use init::{InitRng, trunc_normal, uniform};
+pub use init::{InitRng, normal, trunc_normal, uniform};
 
 use crate::autograd::{ParamId, ParamStore, Tape, Tensor, Var};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// `y = x W^T + b` with W `[out, in]`.
 #[derive(Clone, Copy, Debug)]
@@ -49,6 +49,49 @@ impl Linear {
         let w = tape.param(self.weight);
         let b = self.bias.map(|b| tape.param(b));
         tape.linear(x, w, b)
+    }
+}
+
+/// A 1-d convolution over ragged channels-last sequences (see
+/// [`Tape::conv1d`]): weight `[C_out, width, C_in]`, bias `[C_out]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Conv1d {
+    pub w: ParamId,
+    pub b: ParamId,
+    pub width: usize,
+}
+
+impl Conv1d {
+    /// Registers `{name}.weight` and `{name}.bias` with DeepRC's init: weights
+    /// N(0, 1 / numel(weight)), biases uniform on +-1 / sqrt(width * c_in).
+    pub fn new(
+        store: &mut ParamStore,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        width: usize,
+        rng: &mut InitRng,
+    ) -> Result<Conv1d> {
+        if c_in == 0 || c_out == 0 || width == 0 {
+            return Err(Error::InvalidConfig {
+                what: format!("conv1d {name}: {c_in} -> {c_out} channels, width {width}"),
+            });
+        }
+        let numel = c_out * width * c_in;
+        let weight = normal(rng, &[c_out, width, c_in], (1.0 / numel as f64).sqrt() as f32);
+        let bias = uniform(rng, &[c_out], (1.0 / ((width * c_in) as f64).sqrt()) as f32);
+        Ok(Conv1d {
+            w: store.add(&format!("{name}.weight"), weight, true)?,
+            b: store.add(&format!("{name}.bias"), bias, false)?,
+            width,
+        })
+    }
+
+    /// x `[S, L, C_in]` with `lengths[s]` in `1..=L`; returns `[S, P, C_out]`
+    /// and the valid windows per sequence.
+    pub fn forward(&self, tape: &mut Tape, x: Var, lengths: &[usize]) -> Result<(Var, Vec<usize>)> {
+        let (w, b) = (tape.param(self.w), tape.param(self.b));
+        tape.conv1d(x, w, Some(b), lengths)
     }
 }
 
