@@ -14,6 +14,7 @@
 //! `backward`.
 
 mod attention;
+mod bags;
 mod conv;
 pub mod gradcheck;
 mod hopfield_ops;
@@ -98,6 +99,7 @@ enum Op {
         x: Var,
     },
     MaxPositions(conv::MaxPositionsSaved),
+    PadBags(bags::PadBagsSaved),
 }
 
 struct Node {
@@ -306,6 +308,7 @@ impl<'p> Tape<'p> {
             Op::Conv1d(s) => self.conv1d_backward(&s, &g, out),
             Op::Selu { x } => self.selu_backward(x, g, out),
             Op::MaxPositions(s) => self.max_positions_backward(&s, &g, out),
+            Op::PadBags(s) => self.pad_bags_backward(&s, &g, out),
         }
         Ok(())
     }
