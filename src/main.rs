@@ -24,14 +24,26 @@ enum Command {
     /// Run one of the paper's experiments over all its settings and seeds.
     #[command(subcommand)]
     Grid(GridCommand),
-    /// Redraw the bit-pattern figure from finished runs.
+    /// Redraw the figures of finished runs (bit-pattern grid, ViT or DeepRC runs).
     Plot(lwpf::train::bitpattern::PlotArgs),
+    /// Make data sets.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Real background repertoires with real epitope-specific sequences
+    /// implanted into the positive bags (DeepRC's real data + implanted signal).
+    Implant(lwpf::train::deeprc::cli::ImplantArgs),
 }
 
 #[derive(Subcommand)]
 enum GridCommand {
     /// The bit-pattern experiment: 6 networks x 3 variants x seeds, table and figure.
     Bitpattern(lwpf::train::bitpattern::GridArgs),
+    /// DeepRC: kernel widths x kernel counts x variants, cross-validated, table and figure.
+    Deeprc(lwpf::train::deeprc::cli::GridArgs),
 }
 
 #[derive(Subcommand)]
@@ -40,6 +52,8 @@ enum TrainCommand {
     Vit(VitArgs),
     /// A Hopfield network on the bit-pattern data (paper section 4.1).
     Bitpattern(lwpf::train::bitpattern::TrainArgs),
+    /// DeepRC on immune repertoires, cross-validated (paper section 4.2).
+    Deeprc(lwpf::train::deeprc::cli::TrainArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -164,6 +178,9 @@ fn run(cli: Cli) -> lwpf::Result<()> {
         Command::Train(TrainCommand::Bitpattern(args)) => args.run().map(|_| ()),
         Command::Grid(GridCommand::Bitpattern(args)) => args.run().map(|_| ()),
         Command::Plot(args) => args.run().map(|_| ()),
+        Command::Train(TrainCommand::Deeprc(args)) => args.run().map(|_| ()),
+        Command::Grid(GridCommand::Deeprc(args)) => args.run().map(|_| ()),
+        Command::Data(DataCommand::Implant(args)) => args.run(),
         Command::Train(TrainCommand::Vit(args)) => {
             if let Some(n) = args.threads {
                 if n == 0 {

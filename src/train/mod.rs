@@ -1,8 +1,10 @@
 //! Training: the loops for the paper's models, and what they write (metrics,
 //! summaries, checkpoints), always atomically.
 
+pub mod binary;
 pub mod bitpattern;
 pub mod checkpoint;
+pub mod deeprc;
 pub mod metrics;
 pub mod vit;
 pub mod vit_plot;
@@ -33,4 +35,19 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.as_file().sync_all().map_err(|e| Error::io(tmp.path(), e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
+}
+
+/// The process's peak resident memory so far, in MiB (0 where the platform
+/// does not say).
+pub fn peak_rss_mib() -> f64 {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: getrusage only writes into the zeroed struct it is given.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
+            // Linux reports ru_maxrss in KiB.
+            return usage.ru_maxrss as f64 / 1024.0;
+        }
+    }
+    0.0
 }

@@ -248,6 +248,16 @@ impl GridArgs {
 impl PlotArgs {
     /// Redraws the figure; returns the files written.
     pub fn run(&self) -> Result<Vec<PathBuf>> {
+        if self.dirs.iter().all(|d| crate::train::deeprc::read_summary(d).is_ok()) {
+            let mut files = vec![];
+            for d in &self.dirs {
+                files.extend(crate::train::deeprc::plot::save_curves(d)?);
+            }
+            for f in &files {
+                println!("wrote {}", f.display());
+            }
+            return Ok(files);
+        }
         if self.dirs.iter().all(|d| crate::train::vit_plot::is_vit_run(d)) {
             let out = self.out.clone().unwrap_or_else(|| self.dirs[0].clone());
             let name = if self.name == "fig3" { "curves" } else { self.name.as_str() };
