@@ -11,7 +11,9 @@ use lwpf::data::repertoire::{self, ImplantConfig};
 use lwpf::models::deeprc::{BagBatch, DeepRc, DeepRcConfig};
 use lwpf::op::{AttentionConfig, Forgetting, Pfu};
 use lwpf::train::bitpattern::ForgetKind;
-use lwpf::train::deeprc::{DeepRcTrainConfig, read_summary, stratified_folds, train};
+use lwpf::train::deeprc::{
+    DeepRcTrainConfig, evaluate, read_summary, splits, stratified_folds, train,
+};
 
 fn repertoires() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/repertoires")
@@ -102,7 +104,7 @@ fn check_model_gradients(forgetting: Forgetting) {
     // One op call over the minibatch: every sequence of every bag is one
     // entry, and the median threshold forgets some but not all of them.
     assert_eq!(stats.entries, 11);
-    if matches!(forgetting, Forgetting::Pfu(_)) {
+    if forgetting != Forgetting::None {
         assert!(stats.forgotten > 0 && stats.forgotten < 11, "{stats:?}");
     }
     let loss = tape.bce_with_logits(out.logits, &targets).unwrap();
@@ -142,6 +144,11 @@ fn check_model_gradients(forgetting: Forgetting) {
 #[test]
 fn deeprc_gradients_match_finite_differences() {
     check_model_gradients(Forgetting::None);
+}
+
+#[test]
+fn deeprc_gradients_with_relu() {
+    check_model_gradients(Forgetting::Relu);
 }
 
 #[test]
@@ -186,6 +193,16 @@ fn folds_are_stratified_and_seeded() {
     }
     assert_eq!(folds, stratified_folds(&labels, 5, 1).unwrap());
     assert_ne!(folds, stratified_folds(&labels, 5, 2).unwrap());
+    // Fold k tests, fold k - 1 validates, the rest train; together, every bag once.
+    for k in 0..5 {
+        let (train, val, test) = splits(&folds, k, 5);
+        assert!(test.iter().all(|&i| folds[i] == k));
+        assert!(val.iter().all(|&i| folds[i] == (k + 4) % 5));
+        assert!(train.iter().all(|&i| folds[i] != k && folds[i] != (k + 4) % 5));
+        let mut all: Vec<usize> = train.into_iter().chain(val).chain(test).collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..23).collect::<Vec<_>>());
+    }
     let few = [true, true, false, false, false, false];
     assert!(stratified_folds(&few, 3, 0).unwrap_err().to_string().contains("2 positive"));
 }
@@ -211,42 +228,43 @@ fn cross_validated_training_finds_a_strong_implanted_signal() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let implant = ImplantConfig {
-        bags: 150,
-        bag_size: 200,
-        witness_rate: 0.1,
+        bags: 300,
+        bag_size: 100,
+        witness_rate: 0.2,
         positive_fraction: 0.5,
-        seed: 1,
+        seed: 0,
     };
     if !generated(&data, &implant) {
         return;
     }
     let mut cfg = DeepRcTrainConfig::new(data, ForgetKind::Pfu);
-    // Seeded: whether a run finds the motif within its steps varies from seed
-    // to seed on data this small (the grid reports that spread); this seed's
-    // run does, and any change to what the model computes changes the run.
-    cfg.seed = 1;
+    // Every row of these small bags takes part: the 10% reduction would keep
+    // 10 rows of 100, and whether those hold a witness early on is luck
+    // (the grid shows that trap on bags of 2,000). With all rows, runs find
+    // the motif on every seed tried (0 to 6).
+    cfg.top_fraction = 1.0;
     cfg.kernels = 16;
-    cfg.steps = 1200;
+    cfg.steps = 600;
     cfg.eval_every = 100;
     cfg.folds = 3;
     cfg.only_folds = vec![0, 2];
-    cfg.sample = 200;
+    cfg.sample = 100;
     let out = dir.path().join("run");
     let s = train(&cfg, &out, false).unwrap();
 
     assert_eq!(s.folds.iter().map(|f| f.fold).collect::<Vec<_>>(), [0, 2]);
-    assert_eq!((s.bags, s.positives, s.sequences), (150, 75, 30_000));
+    assert_eq!((s.bags, s.positives, s.sequences), (300, 150, 30_000));
     for f in &s.folds {
-        assert_eq!(f.train_bags, 50);
-        assert_eq!(f.test.bags, 50);
-        // 20 of 200 rows implanted: a plain signal the model must pick up.
+        assert_eq!(f.train_bags, 100);
+        assert_eq!(f.test.bags, 100);
+        // 20 of 100 rows implanted: a plain signal the model must pick up.
         let auc = f.test.auc.unwrap();
         assert!(auc >= 0.9, "fold {}: AUC {auc}", f.fold);
         let rec = f.test.recovery.as_ref().unwrap();
-        assert_eq!(rec.bags, 25);
-        assert_eq!(rec.rank_fractions.len(), 25 * 20);
-        // Chance would be 0.1: the attention ranks the implanted rows first.
-        assert!(rec.precision_at_k > 0.3, "fold {}: precision@k {}", f.fold, rec.precision_at_k);
+        assert_eq!(rec.bags, 50);
+        assert_eq!(rec.rank_fractions.len(), 50 * 20);
+        // Chance would be 0.2: the attention ranks the implanted rows first.
+        assert!(rec.precision_at_k > 0.4, "fold {}: precision@k {}", f.fold, rec.precision_at_k);
         assert!(f.test.forgotten > 0.2 && f.test.forgotten < 0.8, "{}", f.test.forgotten);
         assert!(out.join(format!("fold{}/best.safetensors", f.fold)).is_file());
     }
@@ -264,9 +282,31 @@ fn cross_validated_training_finds_a_strong_implanted_signal() {
             .count()
     };
     // Per fold: a step record every 25 steps, validation every 100, one test.
-    assert_eq!(count("step", None), 2 * 48);
-    assert_eq!(count("eval", Some("val")), 2 * 12);
+    assert_eq!(count("step", None), 2 * 24);
+    assert_eq!(count("eval", Some("val")), 2 * 6);
     assert_eq!(count("eval", Some("test")), 2);
+
+    // The kept checkpoint is the lowest validation loss, and it is the model
+    // the test fold was scored with.
+    let data = lwpf::train::deeprc::load_data(&cfg).unwrap();
+    let fold_of = stratified_folds(&data.dataset.labels, 3, cfg.seed).unwrap();
+    for f in &s.folds {
+        let (step, loss) = records
+            .iter()
+            .filter(|r| r["split"] == "val" && r["fold"] == f.fold)
+            .map(|r| (r["step"].as_u64().unwrap(), r["loss"].as_f64().unwrap()))
+            .fold((0, f64::INFINITY), |best, x| if x.1 < best.1 { x } else { best });
+        assert_eq!((f.best_step, f.best_val_loss), (step, loss));
+
+        let mut store = ParamStore::new();
+        let model = DeepRc::new(&mut store, cfg.model(), 12345).unwrap();
+        let ckpt = out.join(format!("fold{}/best.safetensors", f.fold));
+        let meta = lwpf::train::checkpoint::load(&ckpt, &mut store).unwrap();
+        assert_eq!(meta["step"], f.best_step.to_string());
+        let (_, _, test) = splits(&fold_of, f.fold, 3);
+        let again = evaluate(&model, &store, &data, &cfg, &test).unwrap();
+        assert_eq!(again, f.test);
+    }
     for ext in ["png", "svg"] {
         assert!(std::fs::metadata(out.join(format!("curves.{ext}"))).unwrap().len() > 1000);
     }

@@ -418,7 +418,8 @@ fn implanted_bags_hold_signal_exactly_where_they_say() {
         if set.dataset.labels[b] {
             assert_eq!(rows.len(), 3, "bag {b}");
             for (&row, &src) in rows.iter().zip(&set.implanted_source[b]) {
-                assert_eq!(rep.count(row), 1);
+                // The count of the background row it replaced.
+                assert!(first_count.values().any(|&c| c == rep.count(row)), "bag {b} row {row}");
                 let holder = signals.iter().position(|s| s.iter().any(|(q, _)| q == rep.seq(row)));
                 assert_eq!(Some(src), holder, "first signal set holding it");
             }

@@ -23,7 +23,7 @@ pub(super) struct SelectHeadsSaved {
 
 /// `log(1 + exp(x))` without overflow for large `x` or loss of precision for
 /// very negative `x`.
-fn softplus(x: f64) -> f64 {
+pub fn softplus(x: f64) -> f64 {
     if x > 0.0 { x + (-x).exp().ln_1p() } else { x.exp().ln_1p() }
 }
 

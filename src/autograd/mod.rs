@@ -28,6 +28,7 @@ mod shape;
 mod tensor;
 
 pub use conv::conv_windows;
+pub use hopfield_ops::softplus;
 pub use params::{Param, ParamId, ParamStore};
 pub use pointwise::{gelu, gelu_grad};
 pub use tensor::{Storage, Tensor};

@@ -655,11 +655,12 @@ pub struct ImplantConfig {
 }
 
 impl Default for ImplantConfig {
-    /// A small balanced set at DeepRC's 1% witness rate.
+    /// The README's task: 400 balanced bags of 2,000 sequences at a 1%
+    /// witness rate (enough bags that a 1% signal can be learned at all).
     fn default() -> Self {
         ImplantConfig {
-            bags: 100,
-            bag_size: 5_000,
+            bags: 400,
+            bag_size: 2_000,
             witness_rate: 0.01,
             positive_fraction: 0.5,
             seed: 0,
@@ -743,7 +744,7 @@ pub struct Generated {
 /// sequence of `signals`, so a negative bag holds no signal. Each bag draws
 /// `bag_size` distinct pool sequences; `positives()` bags chosen at random
 /// then get `witnesses()` random rows overwritten by distinct signal
-/// sequences, count 1, drawn uniformly from the distinct signal sequences
+/// sequences (the row keeps its count), drawn uniformly from the distinct signal sequences
 /// (independently per bag, so bags share signal). All from one seed.
 pub fn implant(
     background: &[Repertoire],
@@ -817,7 +818,10 @@ pub fn implant(
             at.sort_unstable();
             for (&row, s) in at.iter().zip(index::sample(&mut rng, signal_pool.len(), w)) {
                 let seq = signal_pool[s];
-                rows[row] = (seq, 1);
+                // The replaced row's count stays: with log-count scaling a
+                // count of 1 would zero the witness's amino-acid channels,
+                // and counts would tell the classes apart on their own.
+                rows[row].0 = seq;
                 from.push(signal_source[seq]);
             }
         }

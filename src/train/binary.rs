@@ -101,6 +101,37 @@ mod tests {
     }
 
     #[test]
+    fn auc_equals_the_pair_count_on_random_scores_with_ties() {
+        // Scores on a coarse grid, so that many pairs tie.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for n in [2, 7, 40, 301] {
+            let scores: Vec<f64> = (0..n).map(|_| (next() % 9) as f64 / 8.0).collect();
+            let mut labels: Vec<bool> = (0..n).map(|_| next() % 3 == 0).collect();
+            labels[0] = true;
+            labels[1] = false;
+            let (mut wins, mut pairs) = (0.0, 0.0);
+            for i in (0..n).filter(|&i| labels[i]) {
+                for j in (0..n).filter(|&j| !labels[j]) {
+                    pairs += 1.0;
+                    wins += match scores[i].total_cmp(&scores[j]) {
+                        std::cmp::Ordering::Greater => 1.0,
+                        std::cmp::Ordering::Equal => 0.5,
+                        std::cmp::Ordering::Less => 0.0,
+                    };
+                }
+            }
+            let auc = roc_auc(&scores, &labels).unwrap();
+            assert!((auc - wins / pairs).abs() < 1e-12, "n = {n}: {auc} vs {}", wins / pairs);
+        }
+    }
+
+    #[test]
     fn confusion_metrics() {
         let scores = [0.9, 0.6, 0.4, 0.2, 0.7];
         let labels = [true, true, true, false, false];

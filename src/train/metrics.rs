@@ -5,6 +5,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 
@@ -29,4 +30,21 @@ impl MetricsWriter {
         self.out.write_all(b"\n").map_err(io)?;
         self.out.flush().map_err(io)
     }
+}
+
+/// Every record of a `metrics.jsonl` file, blank lines skipped; a line that
+/// does not parse is an error naming its line number.
+pub fn read_records<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line).map_err(|e| Error::DataRecord {
+                path: path.to_path_buf(),
+                record: i + 1,
+                what: e.to_string(),
+            })
+        })
+        .collect()
 }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::plot::{Figure, Panel, Series};
+use crate::train::metrics::read_records;
 
 /// The fields of a `metrics.jsonl` line that the curves need.
 #[derive(Deserialize)]
@@ -34,15 +35,8 @@ pub fn is_vit_run(dir: &Path) -> bool {
 type Curves = ((Vec<f64>, Vec<f64>), (Vec<f64>, Vec<f64>));
 
 fn load(dir: &Path) -> Result<Curves> {
-    let path = dir.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let (mut loss, mut acc) = ((vec![], vec![]), (vec![], vec![]));
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let r: Record = serde_json::from_str(line).map_err(|e| Error::DataRecord {
-            path: path.clone(),
-            record: i + 1,
-            what: e.to_string(),
-        })?;
+    for r in read_records::<Record>(&dir.join("metrics.jsonl"))? {
         match r.kind.as_str() {
             "step" => {
                 loss.0.push(r.step as f64);

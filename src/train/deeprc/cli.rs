@@ -8,7 +8,10 @@ use clap::Args;
 use log::info;
 
 use super::grid::{DeepRcGrid, run_grid};
-use super::{DeepRcSummary, DeepRcTrainConfig, default_out, train};
+use super::{
+    DEFAULT_BATCH, DEFAULT_EVAL_EVERY, DEFAULT_FOLDS, DEFAULT_LR, DEFAULT_SAMPLE, DEFAULT_STEPS,
+    DEFAULT_TOP_FRACTION, DeepRcSummary, DeepRcTrainConfig, default_out, train,
+};
 use crate::data::repertoire::{self, ImplantConfig};
 use crate::error::{Error, Result};
 use crate::train::bitpattern::{ForgetArg, ForgetKind};
@@ -32,23 +35,23 @@ pub struct DataArgs {
     #[arg(long)]
     pub log_counts: bool,
     /// Optimizer steps per fold.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = DEFAULT_STEPS)]
     pub steps: u64,
     /// Validate every this many steps.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = DEFAULT_EVAL_EVERY)]
     pub eval_every: u64,
     /// Bags per step.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = DEFAULT_BATCH)]
     pub batch: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = DEFAULT_LR)]
     pub lr: f32,
     /// Rows sampled per training bag and step (with replacement, unique kept).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = DEFAULT_SAMPLE)]
     pub sample: usize,
     /// Share of each bag, by attention logit, in the differentiable pass.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = DEFAULT_TOP_FRACTION)]
     pub top_fraction: f64,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = DEFAULT_FOLDS)]
     pub folds: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -169,7 +172,8 @@ pub struct GridArgs {
     /// Where runs/, results.csv, table.md and grid.{png,svg} go.
     #[arg(long, default_value = "runs/deeprc-grid")]
     pub out: PathBuf,
-    /// Retrain runs that already have a summary with the same configuration.
+    /// Retrain runs that already have a summary with the same configuration
+    /// (needed after regenerating the data into the same folder).
     #[arg(long)]
     pub force: bool,
 }
@@ -204,13 +208,13 @@ pub struct ImplantArgs {
     /// Share of each positive bag replaced by signal sequences.
     #[arg(long)]
     pub witness_rate: f64,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = ImplantConfig::default().bags)]
     pub bags: usize,
     /// Sequences per bag.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = ImplantConfig::default().bag_size)]
     pub bag_size: usize,
     /// Share of bags that are positive.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = ImplantConfig::default().positive_fraction)]
     pub positive_fraction: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

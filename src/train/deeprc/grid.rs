@@ -85,9 +85,38 @@ pub fn run_grid(grid: &DeepRcGrid) -> Result<Vec<DeepRcSummary>> {
 fn cell(s: Option<&DeepRcSummary>) -> String {
     match s {
         Some(s) if s.auc_mean.is_finite() => {
-            format!("{:.1} +- {:.1}", 100.0 * s.auc_mean, 100.0 * s.auc_std)
+            let found = s.folds.iter().filter(|f| f.test.auc.is_some_and(|a| a >= 0.9)).count();
+            format!(
+                "{:.1} +- {:.1} ({found}/{})",
+                100.0 * s.auc_mean,
+                100.0 * s.auc_std,
+                s.folds.len()
+            )
         }
         _ => "-".into(),
+    }
+}
+
+/// A markdown table with a row per setting `(n_c, n_k)` and a column per variant.
+fn table(
+    md: &mut String,
+    settings: &[(usize, usize)],
+    forgets: &[ForgetKind],
+    cell: impl Fn(usize, usize, ForgetKind) -> String,
+) {
+    md.push_str("| n_c | n_k |");
+    for f in forgets {
+        let _ = write!(md, " {} |", f.name());
+    }
+    md.push_str("\n|---|---|");
+    md.push_str(&"---|".repeat(forgets.len()));
+    md.push('\n');
+    for &(w, k) in settings {
+        let _ = write!(md, "| {w} | {k} |");
+        for &f in forgets {
+            let _ = write!(md, " {} |", cell(w, k, f));
+        }
+        md.push('\n');
     }
 }
 
@@ -134,46 +163,19 @@ pub fn write_report(out: &Path, summaries: &[DeepRcSummary]) -> Result<()> {
     };
     let folds = summaries.first().map_or(0, |s| s.folds.len());
     let mut md = format!(
-        "Test ROC AUC x 100, mean +- std over {folds} folds (each fold: best validation loss).\n\n"
+        "Test ROC AUC x 100, mean +- std over {folds} folds (each fold: the checkpoint with the \
+         lowest validation loss); in brackets, the folds with a test AUC of at least 0.9.\n\n"
     );
-    let _ = write!(md, "| n_c | n_k |");
-    for f in &forgets {
-        let _ = write!(md, " {} |", f.name());
-    }
-    let _ = write!(md, "\n|---|---|");
-    for _ in &forgets {
-        let _ = write!(md, "---|");
-    }
-    md.push('\n');
-    for &(w, k) in &settings {
-        let _ = write!(md, "| {w} | {k} |");
-        for &f in &forgets {
-            let _ = write!(md, " {} |", cell(find(w, k, f)));
-        }
-        md.push('\n');
-    }
+    table(&mut md, &settings, &forgets, |w, k, f| cell(find(w, k, f)));
     if summaries.iter().any(|s| s.recovery_precision_at_k.is_some()) {
         md.push_str(
             "\nAttention recovery: share of implanted sequences among the k highest attention \
              logits of each positive test bag (k = its implanted count), mean over folds.\n\n",
         );
-        let _ = write!(md, "| n_c | n_k |");
-        for f in &forgets {
-            let _ = write!(md, " {} |", f.name());
-        }
-        let _ = write!(md, "\n|---|---|");
-        for _ in &forgets {
-            let _ = write!(md, "---|");
-        }
-        md.push('\n');
-        for &(w, k) in &settings {
-            let _ = write!(md, "| {w} | {k} |");
-            for &f in &forgets {
-                let v = find(w, k, f).and_then(|s| s.recovery_precision_at_k);
-                let _ = write!(md, " {} |", v.map_or("-".into(), |v| format!("{v:.3}")));
-            }
-            md.push('\n');
-        }
+        table(&mut md, &settings, &forgets, |w, k, f| {
+            let v = find(w, k, f).and_then(|s| s.recovery_precision_at_k);
+            v.map_or("-".into(), |v| format!("{v:.3}"))
+        });
     }
     atomic_write(&out.join("table.md"), md.as_bytes())?;
 

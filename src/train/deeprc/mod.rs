@@ -32,7 +32,7 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::autograd::{ParamStore, Tape, Tensor};
+use crate::autograd::{ParamStore, Tape, Tensor, softplus};
 use crate::data::repertoire::{self, Dataset, Repertoire};
 use crate::error::{Error, Result};
 use crate::models::deeprc::{BagBatch, CHANNELS, DeepRc, DeepRcConfig};
@@ -44,6 +44,17 @@ use crate::train::binary::{Confusion, mean_std, roc_auc};
 use crate::train::bitpattern::ForgetKind;
 use crate::train::metrics::MetricsWriter;
 use crate::train::{checkpoint, peak_rss_mib};
+
+/// Defaults of a run: the paper's Adam eps, batch, sample and top fraction;
+/// lr and steps scaled to a CPU (the paper: lr 1e-4 for 1e5 steps,
+/// validated every 5,000).
+pub const DEFAULT_STEPS: u64 = 1500;
+pub const DEFAULT_EVAL_EVERY: u64 = 250;
+pub const DEFAULT_BATCH: usize = 4;
+pub const DEFAULT_LR: f32 = 1e-3;
+pub const DEFAULT_SAMPLE: usize = 10_000;
+pub const DEFAULT_TOP_FRACTION: f64 = 0.1;
+pub const DEFAULT_FOLDS: usize = 5;
 
 /// Everything one cross-validated run depends on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -83,9 +94,7 @@ pub struct DeepRcTrainConfig {
 }
 
 impl DeepRcTrainConfig {
-    /// The paper's choices where they fit a CPU: Adam with eps 1e-4, 4 bags
-    /// per step, 10,000 rows sampled, the top 10%; lr 1e-3 and 1,000 steps
-    /// (the paper: 1e-4 for 1e5 steps).
+    /// The defaults above, Adam eps 1e-4, n_k = 32, n_c = 9, seed 0.
     pub fn new(data: PathBuf, forget: ForgetKind) -> DeepRcTrainConfig {
         DeepRcTrainConfig {
             data,
@@ -96,14 +105,14 @@ impl DeepRcTrainConfig {
             kernels: 32,
             width: 9,
             forget,
-            steps: 1000,
-            eval_every: 100,
-            batch: 4,
-            lr: 1e-3,
+            steps: DEFAULT_STEPS,
+            eval_every: DEFAULT_EVAL_EVERY,
+            batch: DEFAULT_BATCH,
+            lr: DEFAULT_LR,
             adam_eps: 1e-4,
-            sample: 10_000,
-            top_fraction: 0.1,
-            folds: 5,
+            sample: DEFAULT_SAMPLE,
+            top_fraction: DEFAULT_TOP_FRACTION,
+            folds: DEFAULT_FOLDS,
             only_folds: vec![],
             seed: 0,
             chunk: 8192,
@@ -148,6 +157,11 @@ impl DeepRcTrainConfig {
         if let Some(f) = self.only_folds.iter().find(|&&f| f >= self.folds) {
             return bad(format!("fold {f} does not exist with {} folds", self.folds));
         }
+        let mut seen = self.only_folds.clone();
+        seen.sort_unstable();
+        if seen.windows(2).any(|w| w[0] == w[1]) {
+            return bad(format!("folds {:?} name a fold twice", self.only_folds));
+        }
         Ok(())
     }
 }
@@ -156,10 +170,52 @@ impl DeepRcTrainConfig {
 /// the implanted rows when the data were generated.
 pub struct RepertoireData {
     pub dataset: Dataset,
-    /// `1 / std` of each bag's encoding (MODELS.md 2.1).
+    /// `1 / std` of each bag's encoding (MODELS.md 2.1), over the real
+    /// positions of all the bag's sequences: MODELS.md divides the bag's
+    /// whole tensor, whose padding depends on the longest sequence drawn;
+    /// leaving padding out, and computing it once per bag, keeps a bag's scale
+    /// the same whatever rows a step samples or keeps.
     pub scales: Vec<f32>,
     /// Per bag, the rows that carry the implanted signal.
     pub implanted: Option<Vec<Vec<usize>>>,
+}
+
+impl RepertoireData {
+    /// A data set held in memory, with each bag's scale computed here.
+    pub fn new(
+        dataset: Dataset,
+        log_counts: bool,
+        implanted: Option<Vec<Vec<usize>>>,
+    ) -> Result<RepertoireData> {
+        if let Some(truth) = &implanted {
+            if truth.len() != dataset.repertoires.len() {
+                return Err(Error::InvalidConfig {
+                    what: format!(
+                        "implanted rows for {} bags, the data set has {}",
+                        truth.len(),
+                        dataset.repertoires.len()
+                    ),
+                });
+            }
+            for (rows, rep) in truth.iter().zip(&dataset.repertoires) {
+                if let Some(&r) = rows.iter().find(|&&r| r >= rep.len()) {
+                    return Err(Error::InvalidConfig {
+                        what: format!(
+                            "implanted row {r} of {}, which has {} rows",
+                            rep.id,
+                            rep.len()
+                        ),
+                    });
+                }
+            }
+        }
+        let scales = dataset
+            .repertoires
+            .iter()
+            .map(|r| repertoire::bag_scale(r, log_counts))
+            .collect::<Result<_>>()?;
+        Ok(RepertoireData { dataset, scales, implanted })
+    }
 }
 
 /// Reads the data set `cfg.data` names: `metadata.tsv` there, repertoire
@@ -179,22 +235,38 @@ pub fn load_data(cfg: &DeepRcTrainConfig) -> Result<RepertoireData> {
     for r in reports.iter().filter(|r| r.kept < r.rows) {
         info!("{r}");
     }
+    let positives = dataset.labels.iter().filter(|&&l| l).count();
+    if positives == 0 || positives == dataset.labels.len() {
+        return Err(Error::Data {
+            path: meta,
+            what: format!(
+                "{} of {} bags have `{}` in column `{}`: training needs both classes \
+                 (see --label-column and --positive)",
+                positives,
+                dataset.labels.len(),
+                cfg.positive,
+                cfg.label_column
+            ),
+        });
+    }
     let truth = cfg.data.join("implanted.tsv");
     let implanted =
         if truth.is_file() { Some(repertoire::read_implanted(&truth, &dataset)?) } else { None };
-    let scales = dataset
-        .repertoires
-        .iter()
-        .map(|r| repertoire::bag_scale(r, cfg.log_counts))
-        .collect::<Result<_>>()?;
-    Ok(RepertoireData { dataset, scales, implanted })
+    RepertoireData::new(dataset, cfg.log_counts, implanted)
 }
 
 /// Fold of every bag: positives and negatives each shuffled and dealt round
-/// robin, so every fold holds both classes in their overall proportion.
+/// robin, so every fold holds both classes in their overall proportion and
+/// fold sizes differ by at most one.
 pub fn stratified_folds(labels: &[bool], folds: usize, seed: u64) -> Result<Vec<usize>> {
+    if folds == 0 {
+        return Err(Error::InvalidConfig { what: "cross-validation needs folds".into() });
+    }
     let mut rng = SmallRng::seed_from_u64(mix(seed ^ 0xf01d));
     let mut fold = vec![0; labels.len()];
+    // The negatives are dealt on from where the positives stopped, so that
+    // no fold collects the remainder of both classes.
+    let mut next = 0;
     for class in [true, false] {
         let mut members: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == class).collect();
         if members.len() < folds {
@@ -207,11 +279,26 @@ pub fn stratified_folds(labels: &[bool], folds: usize, seed: u64) -> Result<Vec<
             });
         }
         members.shuffle(&mut rng);
-        for (j, &i) in members.iter().enumerate() {
-            fold[i] = j % folds;
+        for &i in &members {
+            fold[i] = next % folds;
+            next += 1;
         }
     }
     Ok(fold)
+}
+
+/// The bags of one fold's run, as (train, validation, test): fold `fold`
+/// tests, the fold before it (cyclically) validates, the rest train.
+pub fn splits(
+    fold_of: &[usize],
+    fold: usize,
+    folds: usize,
+) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
+    let val_fold = (fold + folds - 1) % folds.max(1);
+    let pick = |keep: &dyn Fn(usize) -> bool| -> Vec<usize> {
+        (0..fold_of.len()).filter(|&i| keep(fold_of[i])).collect()
+    };
+    (pick(&|f| f != fold && f != val_fold), pick(&|f| f == val_fold), pick(&|f| f == fold))
 }
 
 /// The channels-last encoding `[S, L, 23]` of rows `rows` of every bag in
@@ -316,10 +403,6 @@ fn attention_config(cfg: &DeepRcTrainConfig, training: bool, seed: u64) -> Atten
     AttentionConfig { training, seed, ..AttentionConfig::with_forgetting(cfg.forget.forgetting()) }
 }
 
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 /// How well the attention finds the implanted sequences of one positive bag:
 /// ranks from the gradient-free logits over the whole bag.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -361,7 +444,7 @@ pub fn evaluate(
     cfg: &DeepRcTrainConfig,
     bags: &[usize],
 ) -> Result<EvalResult> {
-    let mut probs = Vec::with_capacity(bags.len());
+    let (mut probs, mut logits) = (Vec::with_capacity(bags.len()), Vec::with_capacity(bags.len()));
     let (mut loss, mut forgotten, mut entries) = (0.0, 0u64, 0u64);
     let mut recovery = Recovery::default();
     for chunk in bags.chunks(cfg.batch) {
@@ -376,10 +459,11 @@ pub fn evaluate(
         for (i, &z) in tape.value(out.logits).data().iter().enumerate() {
             let y = data.dataset.labels[chunk[i]];
             let z = z as f64;
-            // The stable binary cross-entropy, softplus(z) - y z.
-            let softplus = if z > 0.0 { z + (-z).exp().ln_1p() } else { z.exp().ln_1p() };
-            loss += softplus - if y { z } else { 0.0 };
-            probs.push(sigmoid(z));
+            // Binary cross-entropy softplus(z) - y z; sigmoid(z) = exp(z - softplus(z)).
+            let sp = softplus(z);
+            loss += sp - if y { z } else { 0.0 };
+            probs.push((z - sp).exp());
+            logits.push(z);
         }
         if let Some(truth) = &data.implanted {
             for (j, &bag) in chunk.iter().enumerate() {
@@ -396,7 +480,9 @@ pub fn evaluate(
     Ok(EvalResult {
         bags: bags.len(),
         loss: loss / bags.len().max(1) as f64,
-        auc: roc_auc(&probs, &labels),
+        // The logits, not the probabilities: those round to 1 in f64 for
+        // logits above about 37, and the ranking would tie.
+        auc: roc_auc(&logits, &labels),
         balanced_accuracy: conf.balanced_accuracy(),
         f1: conf.f1(),
         forgotten: if entries == 0 { 0.0 } else { forgotten as f64 / entries as f64 },
@@ -594,6 +680,47 @@ pub fn train(cfg: &DeepRcTrainConfig, out: &Path, progress: bool) -> Result<Deep
     Ok(summary)
 }
 
+/// What one optimizer step reports.
+pub struct StepOutcome {
+    /// The minibatch's binary cross-entropy before the step.
+    pub loss: f64,
+    /// Statistics of the step's attention call (threshold, entries forgotten).
+    pub stats: Vec<CallStats>,
+    /// Sequences in the differentiable pass.
+    pub sequences: usize,
+}
+
+/// Step `step` of Adam on the bags `bags`: sample, rank without gradient,
+/// keep the top fraction, then forward, backward and update. `seed` drives
+/// the threshold draw.
+#[allow(clippy::too_many_arguments)]
+pub fn training_step(
+    model: &DeepRc,
+    store: &mut ParamStore,
+    adam: &mut AdamW,
+    data: &RepertoireData,
+    cfg: &DeepRcTrainConfig,
+    bags: &[usize],
+    rng: &mut SmallRng,
+    (step, seed): (u64, u64),
+) -> Result<StepOutcome> {
+    let sel = select(model, store, data, cfg, bags, Some(rng))?;
+    let batch = batch_of(data, cfg, &sel)?;
+    let targets: Vec<f32> =
+        bags.iter().map(|&b| if data.dataset.labels[b] { 1.0 } else { 0.0 }).collect();
+    let mut tape = Tape::new(store);
+    let logits = model.forward(&mut tape, &batch, &attention_config(cfg, true, seed))?.logits;
+    let loss = tape.bce_with_logits(logits, &targets)?;
+    let loss_value = tape.value(loss).item().unwrap_or(f32::NAN) as f64;
+    if !loss_value.is_finite() {
+        return Err(Error::Training { step, what: format!("loss is {loss_value}") });
+    }
+    let stats = tape.attention_stats().to_vec();
+    let grads = tape.backward(loss)?;
+    adam.step(store, &grads, cfg.lr)?;
+    Ok(StepOutcome { loss: loss_value, stats, sequences: batch.lengths.len() })
+}
+
 /// Trains one fold; returns its summary, the parameter count and the
 /// seconds spent in training steps.
 fn train_fold(
@@ -606,13 +733,7 @@ fn train_fold(
     pb: &ProgressBar,
 ) -> Result<(FoldSummary, usize, f64)> {
     let start = Instant::now();
-    let val_fold = (fold + cfg.folds - 1) % cfg.folds;
-    let pick = |f: &dyn Fn(usize) -> bool| -> Vec<usize> {
-        (0..fold_of.len()).filter(|&i| f(fold_of[i])).collect()
-    };
-    let test = pick(&|f| f == fold);
-    let val = pick(&|f| f == val_fold);
-    let train_bags = pick(&|f| f != fold && f != val_fold);
+    let (train_bags, val, test) = splits(fold_of, fold, cfg.folds);
 
     let fold_seed = mix(cfg.seed.wrapping_mul(31).wrapping_add(fold as u64 + 1));
     let mut store = ParamStore::new();
@@ -640,21 +761,10 @@ fn train_fold(
             }
             bags.extend(order.pop());
         }
-        let sel = select(&model, &store, data, cfg, &bags, Some(&mut rng))?;
-        let batch = batch_of(data, cfg, &sel)?;
-        let targets: Vec<f32> =
-            bags.iter().map(|&b| if data.dataset.labels[b] { 1.0 } else { 0.0 }).collect();
         let seed = mix(fold_seed ^ step.wrapping_mul(0x9e37_79b9));
-        let mut tape = Tape::new(&store);
-        let logits = model.forward(&mut tape, &batch, &attention_config(cfg, true, seed))?.logits;
-        let loss = tape.bce_with_logits(logits, &targets)?;
-        let loss_value = tape.value(loss).item().unwrap_or(f32::NAN) as f64;
-        if !loss_value.is_finite() {
-            return Err(Error::Training { step, what: format!("loss is {loss_value}") });
-        }
-        let stats: Vec<CallStats> = tape.attention_stats().to_vec();
-        let grads = tape.backward(loss)?;
-        adam.step(&mut store, &grads, cfg.lr)?;
+        let done =
+            training_step(&model, &mut store, &mut adam, data, cfg, &bags, &mut rng, (step, seed))?;
+        let (loss_value, stats) = (done.loss, done.stats);
         train_secs += t.elapsed().as_secs_f64();
 
         loss_acc += loss_value;
@@ -670,7 +780,7 @@ fn train_fold(
                 threshold: stats
                     .first()
                     .and_then(|s| cfg.forget.ne(&ForgetKind::None).then_some(s.threshold.z)),
-                sequences: batch.lengths.len(),
+                sequences: done.sequences,
             })?;
             pb.set_message(format!("fold {fold} loss {:.4}", loss_acc / logged as f64));
             (loss_acc, forgot_acc, logged) = (0.0, 0.0, 0);
@@ -680,7 +790,7 @@ fn train_fold(
         if step % cfg.eval_every == 0 || step == cfg.steps {
             let e = evaluate(&model, &store, data, cfg, &val)?;
             metrics.write(&EvalRecord::new("val", fold, step, &e))?;
-            if best.as_ref().is_none_or(|b| e.loss < b.0) {
+            if best.as_ref().is_none_or(|b| b.0.is_nan() || e.loss < b.0) {
                 let values = store.iter().map(|(_, p)| p.value.clone()).collect();
                 let mut meta = HashMap::new();
                 meta.insert("step".to_string(), step.to_string());

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::read_summary;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::plot::{Figure, Panel, Series};
+use crate::train::metrics::read_records;
 
 pub(super) const COLORS: [(u8, u8, u8); 6] =
     [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (60, 60, 60)];
@@ -54,16 +55,9 @@ fn panel(title: &str, x_label: &str, y_label: &str, y_range: Option<(f64, f64)>)
 
 /// Draws `curves.png` and `curves.svg` in the run folder `dir`.
 pub fn save_curves(dir: &Path) -> Result<Vec<PathBuf>> {
-    let path = dir.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let mut loss: BTreeMap<usize, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     let mut auc: BTreeMap<usize, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let r: Record = serde_json::from_str(line).map_err(|e| Error::DataRecord {
-            path: path.clone(),
-            record: i + 1,
-            what: e.to_string(),
-        })?;
+    for r in read_records::<Record>(&dir.join("metrics.jsonl"))? {
         match (r.kind.as_str(), r.split.as_deref()) {
             ("step", _) => {
                 let c = loss.entry(r.fold).or_default();
