@@ -11,20 +11,24 @@
 // Nothing of size Nq x Nk is stored: every kernel recomputes its score tiles
 // from Q and K, and its dropout mask from (seed, entry index) by Philox.
 //
-// The launches of one call (src/op/kernels/mod.rs, backward_launches):
+// The launches of one call (src/op/kernels/backward.rs, backward_launches):
 //   1. lwpf_backward_prep_f32: Delta_i, one thread per row.
-//   2. With the center gradient only: lwpf_backward_center_f32, one block per
-//      (b * H + h, query tile), sums per row the gradient reaching b,
+//   2. With the center gradient only: lwpf_backward_center_f32_d*, one block
+//      per (b * H + h, query tile), sums per row the gradient reaching b,
 //        exp(b - lse_i) sum_{j forgotten} (w r_ij dP_ij - Delta_i),
 //      w = 0 if drop_forgotten else 1; lwpf_backward_center_reduce (one block)
 //      adds the rows up and writes share = g_b / at_median. The share must be
 //      known before any dS is formed, hence a pass of its own.
-//   3. lwpf_backward_dkdv_f32: one block per (b * H + h, key tile); dK and dV
-//      of the tile's keys stay in registers while the block walks the query
-//      tiles. With dq_atomic it also adds each tile's beta dS K to dQ with
-//      float atomics.
-//   4. Without dq_atomic: lwpf_backward_dq_f32, one block per (b * H + h,
+//   3. lwpf_backward_dkdv_f32_d*: one block per (b * H + h, key tile); dK and
+//      dV of the tile's keys stay in registers while the block walks the
+//      query tiles. With dq_atomic it also adds each tile's beta dS K to dQ
+//      with float atomics.
+//   4. Without dq_atomic: lwpf_backward_dq_f32_d*, one block per (b * H + h,
 //      query tile), walks the key tiles with dQ in registers.
+// The tiled kernels (2 to 4) come in two builds, _d64 for D, Dv <= 64 and
+// _d128 for D, Dv <= 128; the host runs the narrower one that holds the
+// call. Both do the same arithmetic in the same order (a column past D or Dv
+// is a zero that no sum reads), so the build changes no bit of a result.
 //
 // Determinism (dq_atomic = 0). The emulation runs blocks one after another,
 // so its bit-for-bit test alone proves nothing about a GPU; what makes the
@@ -50,23 +54,23 @@
 #error "the backward stages Q, dO, K and V tiles of one row count"
 #endif
 
-// Rows of every staged tile, and their padded length (one float more than
-// the widest row, so that rows start in different banks).
+// Rows of every staged tile; threads per row of a [32, 32] entry tile and
+// entries per thread.
 #define BWD_ROWS LWPF_TILE_Q
-#define BWD_LD (LWPF_BWD_MAX_D + 1)
-// Threads per row of a [32, 32] entry tile, entries per thread, and the
-// columns of a D- or Dv-wide accumulator row that each thread owns.
 #define BWD_THREADS_PER_ROW (LWPF_THREADS / BWD_ROWS)
 #define BWD_ENTRIES (LWPF_TILE_K / BWD_THREADS_PER_ROW)
-#define BWD_ACC (LWPF_BWD_MAX_D / BWD_THREADS_PER_ROW)
 
-// 42 KB: under the 48 KB of static shared memory a block may have.
+// The tiles of one block, for D, Dv <= MAX_D. Rows are one float longer than
+// the widest row, so that consecutive rows start in different banks. The
+// kernels are built for MAX_D = LWPF_BWD_NARROW_D and LWPF_BWD_MAX_D
+// (params.h says why two).
+template <int MAX_D>
 struct BackwardSmem {
     // Query tile: Q [32, D] and dO [32, Dv]; key tile: K [32, D], V [32, Dv].
-    float q[BWD_ROWS][BWD_LD];
-    float g[BWD_ROWS][BWD_LD];
-    float k[BWD_ROWS][BWD_LD];
-    float v[BWD_ROWS][BWD_LD];
+    float q[BWD_ROWS][MAX_D + 1];
+    float g[BWD_ROWS][MAX_D + 1];
+    float k[BWD_ROWS][MAX_D + 1];
+    float v[BWD_ROWS][MAX_D + 1];
     // W and dS (before beta) of the entry tile [query row][key].
     float w[BWD_ROWS][LWPF_TILE_K + 1];
     float ds[BWD_ROWS][LWPF_TILE_K + 1];
@@ -76,20 +80,41 @@ struct BackwardSmem {
     unsigned char valid[LWPF_TILE_K];
 };
 
-// Rows r0 .. r0 + 32 of a [n, width] row-major matrix into a tile; zeros past
-// n rows or width columns.
-__device__ __forceinline__ void stage_rows(float (*dst)[BWD_LD], const float *src, int r0, int n,
+static_assert(sizeof(BackwardSmem<LWPF_BWD_NARROW_D>) <= 48 * 1024,
+              "the narrow tiles must fit the static shared memory of a block");
+static_assert(sizeof(BackwardSmem<LWPF_BWD_MAX_D>) == LWPF_BWD_WIDE_SMEM,
+              "LWPF_BWD_WIDE_SMEM must be the wide tiles' size: the host launches with it");
+
+// The block's tiles: static shared memory for the narrow build (42 KB),
+// dynamic for the wide one (73 KB, past the 48 KB a static array may have).
+template <int MAX_D>
+__device__ __forceinline__ BackwardSmem<MAX_D> &backward_smem() {
+    if constexpr (MAX_D <= LWPF_BWD_NARROW_D) {
+        __shared__ BackwardSmem<MAX_D> sm;
+        return sm;
+    } else {
+        void *base = dynamic_smem(sizeof(BackwardSmem<MAX_D>));
+        return *static_cast<BackwardSmem<MAX_D> *>(base);
+    }
+}
+
+// Rows r0 .. r0 + 32 of a [n, width] row-major matrix into a tile of rows
+// LD - 1 wide; zeros past n rows or width columns.
+template <int LD>
+__device__ __forceinline__ void stage_rows(float (*dst)[LD], const float *src, int r0, int n,
                                            int width) {
-    for (int idx = threadIdx.x; idx < BWD_ROWS * LWPF_BWD_MAX_D; idx += LWPF_THREADS) {
-        const int row = idx / LWPF_BWD_MAX_D, col = idx % LWPF_BWD_MAX_D;
+    constexpr int max_d = LD - 1;
+    for (int idx = threadIdx.x; idx < BWD_ROWS * max_d; idx += LWPF_THREADS) {
+        const int row = idx / max_d, col = idx % max_d;
         const bool in = r0 + row < n && col < width;
         dst[row][col] = in ? src[(u64)(r0 + row) * width + col] : 0.0f;
     }
 }
 
 // lse and Delta of query rows i0 .. i0 + 32 of head bh.
-__device__ __forceinline__ void stage_row_stats(const LwpfBackwardParams &p, BackwardSmem &sm,
-                                                int bh, int i0) {
+template <class Smem>
+__device__ __forceinline__ void stage_row_stats(const LwpfBackwardParams &p, Smem &sm, int bh,
+                                                int i0) {
     for (int r = threadIdx.x; r < BWD_ROWS; r += LWPF_THREADS) {
         const bool in = i0 + r < p.n_q;
         const u64 row = (u64)bh * p.n_q + i0 + r;
@@ -99,8 +124,9 @@ __device__ __forceinline__ void stage_row_stats(const LwpfBackwardParams &p, Bac
 }
 
 // Which keys j0 .. j0 + 32 of batch item b_item are real.
-__device__ __forceinline__ void stage_valid(const LwpfBackwardParams &p, BackwardSmem &sm,
-                                            int b_item, int j0) {
+template <class Smem>
+__device__ __forceinline__ void stage_valid(const LwpfBackwardParams &p, Smem &sm, int b_item,
+                                            int j0) {
     for (int c = threadIdx.x; c < LWPF_TILE_K; c += LWPF_THREADS) {
         sm.valid[c] = j0 + c < p.n_k && key_is_valid(p.valid_ptr, p.n_k, b_item, j0 + c);
     }
@@ -112,9 +138,9 @@ __device__ __forceinline__ void stage_valid(const LwpfBackwardParams &p, Backwar
 // (NEED_W) and dS (NEED_DS) to shared memory; returns the thread's part of
 // its row's gradient reaching b (NEED_GB). Empty rows (lse = -inf), rows past
 // Nq and padded keys get W = dS = 0: they pass no gradient anywhere.
-template <bool NEED_W, bool NEED_DS, bool NEED_GB>
-__device__ __forceinline__ float entry_tile(const LwpfBackwardParams &p, BackwardSmem &sm, int bh,
-                                            int i0, int j0, float share) {
+template <bool NEED_W, bool NEED_DS, bool NEED_GB, class Smem>
+__device__ __forceinline__ float entry_tile(const LwpfBackwardParams &p, Smem &sm, int bh, int i0,
+                                            int j0, float share) {
     const int t = threadIdx.x;
     const int r = t / BWD_THREADS_PER_ROW;
     const int c0 = (t % BWD_THREADS_PER_ROW) * BWD_ENTRIES;
@@ -215,9 +241,11 @@ extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
 
 // The two kernels that walk the key tiles of one query tile: the per-row
 // gradient reaching b (CENTER) or dQ.
-template <bool CENTER>
+template <bool CENTER, int MAX_D>
 __device__ __forceinline__ void query_tile_pass(const LwpfBackwardParams &p) {
-    __shared__ BackwardSmem sm;
+    // Columns of a D-wide accumulator row that each thread owns.
+    constexpr int acc_n = MAX_D / BWD_THREADS_PER_ROW;
+    BackwardSmem<MAX_D> &sm = backward_smem<MAX_D>();
     // The four partial sums of each row's gradient reaching b.
     __shared__ float row_gb[BWD_ROWS][BWD_THREADS_PER_ROW];
 
@@ -238,8 +266,8 @@ __device__ __forceinline__ void query_tile_pass(const LwpfBackwardParams &p) {
 
     float gb = 0.0f;
     // dQ of row r, columns col0 + 4 e (before beta).
-    float acc[BWD_ACC];
-    for (int e = 0; e < BWD_ACC; ++e) {
+    float acc[acc_n];
+    for (int e = 0; e < acc_n; ++e) {
         acc[e] = 0.0f;
     }
     for (int j0 = 0; j0 < p.n_k; j0 += LWPF_TILE_K) {
@@ -259,7 +287,7 @@ __device__ __forceinline__ void query_tile_pass(const LwpfBackwardParams &p) {
             __syncthreads();
             for (int c = 0; c < LWPF_TILE_K; ++c) {
                 const float ds = sm.ds[r][c];
-                for (int e = 0; e < BWD_ACC; ++e) {
+                for (int e = 0; e < acc_n; ++e) {
                     acc[e] = fmaf(ds, sm.k[c][col0 + BWD_THREADS_PER_ROW * e], acc[e]);
                 }
             }
@@ -280,25 +308,13 @@ __device__ __forceinline__ void query_tile_pass(const LwpfBackwardParams &p) {
         }
     } else if (row < p.n_q) {
         float *dq_row = p.dq_ptr + ((u64)bh * p.n_q + row) * p.d;
-        for (int e = 0; e < BWD_ACC; ++e) {
+        for (int e = 0; e < acc_n; ++e) {
             const int c = col0 + BWD_THREADS_PER_ROW * e;
             if (c < p.d) {
                 dq_row[c] = p.beta * acc[e];
             }
         }
     }
-}
-
-// Grid: one block per (b * H + h, query tile).
-extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
-    lwpf_backward_center_f32(LwpfBackwardParams p) {
-    query_tile_pass<true>(p);
-}
-
-// Grid: one block per (b * H + h, query tile).
-extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
-    lwpf_backward_dq_f32(LwpfBackwardParams p) {
-    query_tile_pass<false>(p);
 }
 
 // Grid: one block. g_b = sum of the per-row sums, in f64 and a fixed order
@@ -327,10 +343,13 @@ extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
     }
 }
 
-// Grid: one block per (b * H + h, key tile).
-extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
-    lwpf_backward_dkdv_f32(LwpfBackwardParams p) {
-    __shared__ BackwardSmem sm;
+// The kernel that walks the query tiles of one key tile: dK, dV (and dQ by
+// atomics).
+template <int MAX_D>
+__device__ __forceinline__ void key_tile_pass(const LwpfBackwardParams &p) {
+    // Columns of a D- or Dv-wide accumulator row that each thread owns.
+    constexpr int acc_n = MAX_D / BWD_THREADS_PER_ROW;
+    BackwardSmem<MAX_D> &sm = backward_smem<MAX_D>();
 
     const int t = threadIdx.x;
     const int k_tiles = ceil_div(p.n_k, LWPF_TILE_K);
@@ -349,8 +368,8 @@ extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
     stage_rows(sm.v, p.v_ptr + (u64)bh * p.n_k * p.d_v, j0, p.n_k, p.d_v);
     stage_valid(p, sm, b_item, j0);
 
-    float acc_dk[BWD_ACC], acc_dv[BWD_ACC];
-    for (int e = 0; e < BWD_ACC; ++e) {
+    float acc_dk[acc_n], acc_dv[acc_n];
+    for (int e = 0; e < acc_n; ++e) {
         acc_dk[e] = 0.0f;
         acc_dv[e] = 0.0f;
     }
@@ -369,7 +388,7 @@ extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
         for (int r = 0; r < BWD_ROWS; ++r) {
             const float w = sm.w[r][kk];
             const float ds = sm.ds[r][kk];
-            for (int e = 0; e < BWD_ACC; ++e) {
+            for (int e = 0; e < acc_n; ++e) {
                 const int c = col0 + BWD_THREADS_PER_ROW * e;
                 acc_dv[e] = fmaf(w, sm.g[r][c], acc_dv[e]);
                 acc_dk[e] = fmaf(ds, sm.q[r][c], acc_dk[e]);
@@ -379,7 +398,7 @@ extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
         // dQ_i += beta sum_j dS_ij K_j for this key tile, by atomics.
         if (p.dq_atomic && i0 + kk < p.n_q) {
             float *dq_row = p.dq_ptr + ((u64)bh * p.n_q + i0 + kk) * p.d;
-            for (int e = 0; e < BWD_ACC; ++e) {
+            for (int e = 0; e < acc_n; ++e) {
                 const int c = col0 + BWD_THREADS_PER_ROW * e;
                 if (c >= p.d) {
                     continue;
@@ -401,7 +420,7 @@ extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
     }
     float *dk_row = p.dk_ptr + ((u64)bh * p.n_k + key) * p.d;
     float *dv_row = p.dv_ptr + ((u64)bh * p.n_k + key) * p.d_v;
-    for (int e = 0; e < BWD_ACC; ++e) {
+    for (int e = 0; e < acc_n; ++e) {
         const int c = col0 + BWD_THREADS_PER_ROW * e;
         if (c < p.d) {
             dk_row[c] = p.beta * acc_dk[e];
@@ -410,4 +429,37 @@ extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
             dv_row[c] = acc_dv[e];
         }
     }
+}
+
+// The entries of both builds, named <kernel>_d<MAX_D>. Grids: one block per
+// (b * H + h, query tile) for center and dq, per (b * H + h, key tile) for
+// dkdv. The d128 ones need LWPF_BWD_WIDE_SMEM bytes of dynamic shared memory.
+extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
+    lwpf_backward_center_f32_d64(LwpfBackwardParams p) {
+    query_tile_pass<true, LWPF_BWD_NARROW_D>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
+    lwpf_backward_center_f32_d128(LwpfBackwardParams p) {
+    query_tile_pass<true, LWPF_BWD_MAX_D>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
+    lwpf_backward_dq_f32_d64(LwpfBackwardParams p) {
+    query_tile_pass<false, LWPF_BWD_NARROW_D>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
+    lwpf_backward_dq_f32_d128(LwpfBackwardParams p) {
+    query_tile_pass<false, LWPF_BWD_MAX_D>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
+    lwpf_backward_dkdv_f32_d64(LwpfBackwardParams p) {
+    key_tile_pass<LWPF_BWD_NARROW_D>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
+    lwpf_backward_dkdv_f32_d128(LwpfBackwardParams p) {
+    key_tile_pass<LWPF_BWD_MAX_D>(p);
 }

@@ -111,9 +111,19 @@ typedef struct LwpfForwardParams {
     unsigned int seed_hi;
 } LwpfForwardParams;
 
-/* Largest head and value dimension of the fused backward: its tiles of Q,
- * K, V and dO live in static shared memory (4 x 32 x 65 floats). */
-#define LWPF_BWD_MAX_D 64
+/* Head and value dimensions of the fused backward. Its tiles of Q, K, V and
+ * dO [32, D or Dv] sit whole in shared memory, so its tiled kernels are built
+ * twice and the host picks the narrower build that holds D and Dv:
+ * - D, Dv <= LWPF_BWD_NARROW_D: 4 x 32 x 65 floats and the entry tiles,
+ *   42016 bytes of static shared memory (a block may have 48 KB that way);
+ * - D, Dv <= LWPF_BWD_MAX_D: 4 x 32 x 129 floats and the entry tiles,
+ *   LWPF_BWD_WIDE_SMEM bytes, past 48 KB: dynamic shared memory, which the
+ *   host passes at launch after raising the function's
+ *   CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES to it once.
+ * kernels/backward.cu asserts both sizes at compile time. */
+#define LWPF_BWD_NARROW_D 64
+#define LWPF_BWD_MAX_D 128
+#define LWPF_BWD_WIDE_SMEM 74784
 
 /* The center gradient of a call (SPEC section 5), in device memory: written
  * by lwpf_backward_center_reduce, read by the kernels that form dS. */

@@ -145,6 +145,7 @@ for tool in racecheck memcheck; do
     if ! timeout 40 "$sanitizer" --tool "$tool" --error-exitcode 3 \
         "$bin/kernels_cuda_backward" --test-threads=1 --exact \
         on_gpu::deterministic_dq_is_bit_identical \
+        on_gpu::wide_deterministic_dq_is_bit_identical \
         on_gpu::backward_rows_with_every_key_forgotten 2>&1 | tee "$OUT/sanitizer-$tool.log"
     then
         echo "gpu-check: compute-sanitizer $tool FAILED (or timed out)"

@@ -119,16 +119,47 @@ mod on_gpu {
         }
     }
 
+    /// The wide build (D or Dv over 64), on the emulation's shapes and larger
+    /// ones, on every option in both dQ modes.
+    #[test]
+    fn wide_backward_matches_reference_on_option_matrix() {
+        if !gpu("wide_backward_matches_reference_on_option_matrix") {
+            return;
+        }
+        let mut shapes = wide_backward_shapes();
+        shapes.push(Shape { d_v: 100, ..Shape::new(2, 2, 130, 257, 128) });
+        backward_matches_reference(cuda_forward, cuda_backward, &shapes);
+        backward_matches_reference(cuda_forward, cuda_atomic, &shapes);
+    }
+
+    #[test]
+    fn wide_deterministic_dq_is_bit_identical() {
+        if gpu("wide_deterministic_dq_is_bit_identical") {
+            let shape = Shape { d_v: 100, ..Shape::new(1, 1, 40, 45, 128) };
+            deterministic_is_bit_identical_on(cuda_forward, cuda_backward, shape, WIDE_BETA);
+        }
+    }
+
     /// The deterministic mode on a shape with many blocks per head, where the
     /// scheduler's order varies between runs: still bit for bit.
     #[test]
     fn deterministic_dq_is_bit_identical_at_scale() {
-        if !gpu("deterministic_dq_is_bit_identical_at_scale") {
-            return;
+        if gpu("deterministic_dq_is_bit_identical_at_scale") {
+            bit_identical_at_scale(Shape::new(2, 4, 1000, 1000, 64));
         }
+    }
+
+    /// The same on the wide build.
+    #[test]
+    fn wide_deterministic_dq_is_bit_identical_at_scale() {
+        if gpu("wide_deterministic_dq_is_bit_identical_at_scale") {
+            bit_identical_at_scale(Shape::new(2, 4, 1000, 1000, 128));
+        }
+    }
+
+    fn bit_identical_at_scale(shape: Shape) {
         let seed = common::run_seed("deterministic at scale");
         let mut r = common::rng(seed);
-        let shape = Shape::new(2, 4, 1000, 1000, 64);
         let q = common::uniform(&mut r, shape.q_len());
         let k = common::uniform(&mut r, shape.k_len());
         let v = common::uniform(&mut r, shape.v_len());

@@ -29,6 +29,20 @@ fn barrier_and_shared_memory() {
 }
 
 #[test]
+fn dynamic_shared_memory() {
+    // 2 blocks of 96 threads over 20000 words (78 KB, past the 48 KB of a
+    // static array): every word is written and read back by another thread.
+    let (grid, block, words) = (2u32, 96u32, 20_000usize);
+    let got = selftest::dynamic_smem(grid, block, words as i32);
+    for b in 0..grid as usize {
+        for i in 0..words {
+            let want = (b as u32 + 1).wrapping_mul(1_000_003).wrapping_add((words - 1 - i) as u32);
+            assert_eq!(got[b * words + i], want, "block {b} word {i}");
+        }
+    }
+}
+
+#[test]
 fn warp_shuffles_and_votes() {
     // Two warps with different values; warp 1 has a 40, warp 0 none.
     let input: Vec<i32> = (0..64).map(|t| (t * 13 + 5) % 97 - 20).collect();

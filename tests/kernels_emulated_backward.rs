@@ -6,9 +6,9 @@ mod backward_checks;
 mod common;
 
 use backward_checks::*;
-use lwpf::op::kernels::backward::DqMode;
+use lwpf::op::kernels::backward::{BackwardTiles, DqMode};
 use lwpf::op::kernels::emulated;
-use lwpf::op::{AttentionConfig, AttentionInput, Forward, Grads};
+use lwpf::op::{AttentionConfig, AttentionInput, Forward, Grads, Shape};
 
 fn deterministic(
     input: &AttentionInput,
@@ -58,15 +58,90 @@ fn deterministic_dq_is_bit_identical() {
 }
 
 #[test]
+fn wide_backward_matches_reference_on_cases() {
+    wide_backward_matches_reference(emulated::forward, deterministic, &wide_backward_shapes());
+}
+
+#[test]
+fn wide_atomic_dq_matches_reference_on_cases() {
+    // D = Dv = 128: the widest rows of atomic adds.
+    wide_backward_matches_reference(emulated::forward, atomic, &wide_backward_shapes()[..1]);
+}
+
+#[test]
+fn wide_deterministic_dq_is_bit_identical() {
+    let shape = Shape { d_v: 100, ..Shape::new(1, 1, 40, 45, 128) };
+    deterministic_is_bit_identical_on(emulated::forward, deterministic, shape, WIDE_BETA);
+}
+
+/// Both builds of the tiled kernels add the same terms in the same order
+/// (columns past D or Dv are zeros that no sum reads), so on a shape the
+/// narrow build holds the wide one must give its bits, for every option and
+/// in both dQ modes. This holds the wide build to all of the checks above.
+#[test]
+fn wide_build_gives_the_narrow_builds_bits() {
+    let seed = common::run_seed("wide build = narrow build");
+    let mut r = common::rng(seed);
+    // D at the narrow limit, Dv ragged; the second batch item fully padded.
+    let shape = Shape { d_v: 37, ..Shape::new(2, 1, 35, 40, 64) };
+    let q = common::dyadic(&mut r, shape.q_len());
+    let k = common::dyadic(&mut r, shape.k_len());
+    let v = common::uniform(&mut r, shape.v_len());
+    let g = common::uniform(&mut r, shape.o_len());
+    let m = common::mask(&mut r, shape.batch, shape.n_k, true);
+    for (i, case) in common::option_matrix(0.125, seed).iter().enumerate() {
+        // The mask on every other case: the matrix is long.
+        let valid = (i % 2 == 1).then_some(&m[..]);
+        let input = AttentionInput { q: &q, k: &k, v: &v, valid, shape };
+        let f = emulated::forward(&input, &case.cfg).expect("forward");
+        let mode = if i % 3 == 0 { DqMode::Atomic } else { DqMode::Deterministic };
+        let run = |tiles| {
+            emulated::backward_with_tiles(&input, &case.cfg, &f, &g, mode, tiles).expect("backward")
+        };
+        let (narrow, wide) = (run(BackwardTiles::D64), run(BackwardTiles::D128));
+        for (t, a, b) in [
+            ("dQ", &narrow.dq, &wide.dq),
+            ("dK", &narrow.dk, &wide.dk),
+            ("dV", &narrow.dv, &wide.dv),
+        ] {
+            // The atomic mode's dQ is summed in a fixed order here too: the
+            // emulation runs blocks one after another.
+            let same = a.iter().zip(b.iter()).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "{}: {t} differs between the builds ({mode:?})", case.name);
+        }
+    }
+}
+
+#[test]
 fn backward_beyond_its_limits_is_a_typed_error() {
-    let shape = lwpf::op::Shape::new(1, 1, 2, 3, 65);
+    // D = 129 with a small Dv: the forward runs, the backward refuses.
+    let shape = Shape { d_v: 4, ..Shape::new(1, 1, 2, 3, 129) };
     let q = vec![0.5; shape.q_len()];
     let k = vec![0.5; shape.k_len()];
     let v = vec![0.5; shape.v_len()];
     let input = AttentionInput { q: &q, k: &k, v: &v, valid: None, shape };
     let cfg = AttentionConfig::default();
     let f = emulated::forward(&input, &cfg).expect("forward");
-    let e = deterministic(&input, &cfg, &f, &vec![1.0; shape.o_len()]).unwrap_err();
+    let g = vec![1.0; shape.o_len()];
+    let e = deterministic(&input, &cfg, &f, &g).unwrap_err();
     assert!(matches!(e, lwpf::Error::BackendUnavailable { .. }), "{e}");
-    assert!(e.to_string().contains("D = 65"), "{e}");
+    let text = e.to_string();
+    assert!(text.contains("D, Dv <= 128") && text.contains("D = 129"), "{e}");
+}
+
+#[test]
+fn narrow_build_refuses_a_wide_call() {
+    let shape = Shape { d_v: 65, ..Shape::new(1, 1, 2, 3, 8) };
+    let q = vec![0.5; shape.q_len()];
+    let k = vec![0.5; shape.k_len()];
+    let v = vec![0.5; shape.v_len()];
+    let input = AttentionInput { q: &q, k: &k, v: &v, valid: None, shape };
+    let cfg = AttentionConfig::default();
+    let f = emulated::forward(&input, &cfg).expect("forward");
+    let g = vec![1.0; shape.o_len()];
+    let mode = DqMode::Deterministic;
+    let e =
+        emulated::backward_with_tiles(&input, &cfg, &f, &g, mode, BackwardTiles::D64).unwrap_err();
+    assert!(matches!(e, lwpf::Error::BackendUnavailable { .. }), "{e}");
+    assert!(e.to_string().contains("D, Dv <= 64, got D = 8, Dv = 65"), "{e}");
 }

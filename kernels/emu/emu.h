@@ -6,6 +6,9 @@
 // - __syncthreads is a std::barrier of the block's threads;
 // - __shared__ becomes `static`: one copy per process, which is one copy per
 //   block because blocks never overlap and launches are serialized by a mutex;
+// - dynamic shared memory is one buffer per launch, of the size the launch
+//   names, reached through dynamic_smem (common.cuh), which fails when a
+//   kernel asks for more than the launch gave;
 // - warp collectives (shuffles, votes, the MMA wrapper) meet at a barrier of
 //   the warp's lanes, exchange values through the warp's slots, and meet again
 //   before the slots may be reused;
@@ -14,7 +17,9 @@
 // Rules the kernels keep so that the emulation is faithful: warp collectives
 // are called with the full mask of the warp; no thread leaves the kernel while
 // others still wait at a __syncthreads; shared arrays are written before they
-// are read (statics start at zero here, garbage on a GPU).
+// are read (statics start at zero here, garbage on a GPU; dynamic shared
+// memory starts as all-ones bytes, a NaN in every float, so that a read
+// before the write shows in results).
 //
 // This proves index arithmetic, tiling, reductions and numerics. It proves no
 // absence of races between real warps: only a GPU run checks that.
@@ -24,6 +29,7 @@
 #include <atomic>
 #include <barrier>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -78,6 +84,9 @@ struct Context {
     std::barrier<> *block_barrier = nullptr;
     Warp *warp = nullptr;
     unsigned lane = 0;
+    // The launch's dynamic shared memory.
+    unsigned char *dynamic_smem = nullptr;
+    size_t dynamic_smem_bytes = 0;
 };
 
 inline thread_local Context ctx;
@@ -93,11 +102,12 @@ inline std::mutex &launch_mutex() {
     return m;
 }
 
-// Runs `body` as a kernel over `grid` x `block`: one OS thread per thread of
-// the block, blocks in order (x fastest), a barrier between blocks so that no
-// thread starts a block while another still works on the previous one.
+// Runs `body` as a kernel over `grid` x `block` with `smem_bytes` of dynamic
+// shared memory: one OS thread per thread of the block, blocks in order (x
+// fastest), a barrier between blocks so that no thread starts a block while
+// another still works on the previous one.
 template <class F>
-void launch(dim3 grid, dim3 block, F &&body) {
+void launch(dim3 grid, dim3 block, F &&body, size_t smem_bytes = 0) {
     const unsigned nt = block.x * block.y * block.z;
     const unsigned nb = grid.x * grid.y * grid.z;
     if (nt == 0 || nb == 0) {
@@ -113,6 +123,10 @@ void launch(dim3 grid, dim3 block, F &&body) {
         unsigned lanes = nt - w * 32 < 32 ? nt - w * 32 : 32;
         warps.push_back(std::make_unique<Warp>(lanes));
     }
+    // Whole max_align_t words, so that any struct may be placed at the base.
+    const size_t words = (smem_bytes + sizeof(std::max_align_t) - 1) / sizeof(std::max_align_t);
+    std::vector<std::max_align_t> smem(words);
+    std::memset(smem.data(), 0xff, words * sizeof(std::max_align_t));
     std::vector<std::thread> threads;
     threads.reserve(nt);
     for (unsigned t = 0; t < nt; ++t) {
@@ -123,6 +137,8 @@ void launch(dim3 grid, dim3 block, F &&body) {
             ctx.block_barrier = &block_barrier;
             ctx.warp = warps[t / 32].get();
             ctx.lane = t % 32;
+            ctx.dynamic_smem = reinterpret_cast<unsigned char *>(smem.data());
+            ctx.dynamic_smem_bytes = smem_bytes;
             for (unsigned b = 0; b < nb; ++b) {
                 blockIdx = {b % grid.x, (b / grid.x) % grid.y, b / (grid.x * grid.y)};
                 body();
@@ -133,6 +149,13 @@ void launch(dim3 grid, dim3 block, F &&body) {
     for (auto &th : threads) {
         th.join();
     }
+}
+
+inline void *dynamic_smem(size_t bytes) {
+    if (bytes > ctx.dynamic_smem_bytes) {
+        fail("the kernel needs more dynamic shared memory than the launch gave");
+    }
+    return ctx.dynamic_smem;
 }
 
 inline unsigned active_mask() {

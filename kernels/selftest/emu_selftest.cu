@@ -22,6 +22,21 @@ extern "C" __global__ void lwpf_selftest_barrier(unsigned *out, int rounds) {
     out[blockIdx.x * n + t] = sum;
 }
 
+// Dynamic shared memory of `words` words, exactly what the launch gives:
+// the threads fill it, and after the barrier each reads the words of others
+// in mirrored order. out[block * words + i] = the value written to word
+// words - 1 - i of that block.
+extern "C" __global__ void lwpf_selftest_dynamic_smem(unsigned *out, int words) {
+    unsigned *buf = static_cast<unsigned *>(dynamic_smem((u64)words * sizeof(unsigned)));
+    for (int i = threadIdx.x; i < words; i += blockDim.x) {
+        buf[i] = (blockIdx.x + 1) * 1000003u + i;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < words; i += blockDim.x) {
+        out[(u64)blockIdx.x * words + i] = buf[words - 1 - i];
+    }
+}
+
 // Shuffles and votes on a value per lane; out has 8 words per thread:
 // shfl from lane (l * 7) % 32, xor 5, down 3, up 2, a width-8 shfl from lane 1
 // of the segment, ballot of odd values, any(v == 40), all(v >= 0).

@@ -34,6 +34,74 @@ pub fn ragged_backward_shapes() -> Vec<Shape> {
     ]
 }
 
+/// Shapes of the wide build of the tiled kernels (D or Dv over 64, both at
+/// most 128): both at the limit; D below Dv; D just at the narrow limit and
+/// Dv one past it; and D = 100, Dv = 67, no multiple of the 32-column score
+/// chunks, and Dv none of the four columns a thread accumulates apart. Two
+/// query and two key tiles each, the second ragged.
+pub fn wide_backward_shapes() -> Vec<Shape> {
+    vec![
+        Shape::new(1, 1, 40, 36, 128),
+        Shape { d_v: 128, ..Shape::new(1, 1, 33, 45, 96) },
+        Shape { d_v: 65, ..Shape::new(1, 1, 35, 34, 64) },
+        Shape { d_v: 67, ..Shape::new(1, 1, 37, 40, 100) },
+    ]
+}
+
+/// Beta of the wide checks: a power of two near 1 / sqrt(128), so that the
+/// scores of the wide rows stay exact and of order one.
+pub const WIDE_BETA: f32 = 0.125;
+
+/// The options the wide shapes are checked on, from the option matrix: no
+/// forgetting, relu with dropout, and pfu with the median and its center
+/// gradient (forgotten entries dropped and kept, with and without dropout)
+/// or a fixed centre and bias.
+pub fn wide_cases(seed: u64) -> Vec<Case> {
+    let names = [
+        "none drop_forgotten=true eval",
+        "relu drop_forgotten=true train+dropout",
+        "pfu median b=z cg=true drop_forgotten=true train",
+        "pfu median b=z cg=true drop_forgotten=false train+dropout",
+        "pfu fixed b=fixed cg=false drop_forgotten=false eval",
+    ];
+    let cases: Vec<Case> =
+        option_matrix(WIDE_BETA, seed).into_iter().filter(|c| names.contains(&&*c.name)).collect();
+    assert_eq!(cases.len(), names.len(), "every wide case is in the option matrix");
+    cases
+}
+
+/// `shapes` (wide ones) on [`wide_cases`], with and without a key padding
+/// mask; every call with the center gradient must spread it.
+pub fn wide_backward_matches_reference(forward: ForwardFn, backward: BackwardFn, shapes: &[Shape]) {
+    let seed = run_seed("fused backward, wide");
+    let mut r = rng(seed);
+    let cases = wide_cases(seed ^ 0xabc);
+    for &shape in shapes {
+        for use_mask in [false, true] {
+            for case in &cases {
+                let q = dyadic(&mut r, shape.q_len());
+                let k = dyadic(&mut r, shape.k_len());
+                let v = uniform(&mut r, shape.v_len());
+                let g = uniform(&mut r, shape.o_len());
+                let m = mask(&mut r, shape.batch, shape.n_k, true);
+                let input = AttentionInput {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                    valid: use_mask.then_some(&m[..]),
+                    shape,
+                };
+                let name = format!("{shape} mask={use_mask} {}", case.name);
+                let (f, _) = check_grads(forward, backward, &input, &case.cfg, &g, &name);
+                if case.name.contains("cg=true") {
+                    let t = f.stats.threshold;
+                    assert!(t.center_gradient && f.stats.at_median > 0, "{name}: no center grad");
+                }
+            }
+        }
+    }
+}
+
 /// Compares the kernels' gradients with the reference's for one call; the
 /// kernels get their own forward pass, the reference its own.
 pub fn check_grads(
@@ -178,23 +246,35 @@ pub fn center_gradient_over_ties(forward: ForwardFn, backward: BackwardFn) {
 
 /// The deterministic mode gives bit-identical gradients run to run.
 pub fn deterministic_is_bit_identical(forward: ForwardFn, backward: BackwardFn) {
+    let shape = Shape { d_v: 5, ..Shape::new(1, 2, 45, 70, 8) };
+    deterministic_is_bit_identical_on(forward, backward, shape, 0.25);
+}
+
+/// [`deterministic_is_bit_identical`] on `shape` with `beta` (a power of
+/// two): the median preset with dropout in training, three runs.
+pub fn deterministic_is_bit_identical_on(
+    forward: ForwardFn,
+    backward: BackwardFn,
+    shape: Shape,
+    beta: f32,
+) {
     let seed = run_seed("backward, deterministic");
     let mut r = rng(seed);
-    let shape = Shape { d_v: 5, ..Shape::new(1, 2, 45, 70, 8) };
     let q = dyadic(&mut r, shape.q_len());
     let k = dyadic(&mut r, shape.k_len());
     let v = uniform(&mut r, shape.v_len());
     let g = uniform(&mut r, shape.o_len());
     let input = AttentionInput { q: &q, k: &k, v: &v, valid: None, shape };
     let cfg = AttentionConfig {
-        beta: Some(0.25),
+        beta: Some(beta),
         forgetting: Forgetting::Pfu(Pfu::median_preset()),
         dropout: 0.2,
         seed,
         training: true,
         ..Default::default()
     };
-    let (f, first) = check_grads(forward, backward, &input, &cfg, &g, "deterministic");
+    let name = format!("deterministic {shape}");
+    let (f, first) = check_grads(forward, backward, &input, &cfg, &g, &name);
     for run in 0..2 {
         let again = backward(&input, &cfg, &f, &g).expect("kernel backward");
         for (t, a, b) in [

@@ -8,14 +8,19 @@
 //! [`DqMode::Atomic`] the key-tile kernel adds dQ with float atomics instead
 //! (one kernel less of score recomputation, dQ not bit-reproducible).
 //!
-//! Limits narrower than SPEC: `D <= 64` and `Dv <= 64` (the kernels stage
-//! whole rows of Q, K, V and dO in static shared memory), f32 only. Extra
+//! The kernels stage whole rows of Q, K, V and dO in shared memory, so the
+//! tiled ones (center, dK dV, dQ) are built for two widths, [`BackwardTiles`]:
+//! `D, Dv <= 64` in 42 KB of static shared memory per block, and `D, Dv <=
+//! 128` in 73 KB of dynamic shared memory. Each call runs the narrower build
+//! that holds it; both give the same bits.
+//!
+//! Limits narrower than SPEC: `D <= 128` and `Dv <= 128`, f32 only. Extra
 //! device memory: two floats per query row and one small struct.
 
 use super::params::*;
 use super::{THREADS, check_limits, tiled_grid};
 use crate::error::{Error, Result};
-use crate::op::{AttentionConfig, AttentionInput, Forward, Grads, check_finite, philox};
+use crate::op::{AttentionConfig, AttentionInput, Forward, Grads, Shape, check_finite, philox};
 
 /// How the fused backward writes dQ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -46,26 +51,85 @@ pub enum BackwardKernel {
 }
 
 impl BackwardKernel {
-    /// The kernel's symbol in `kernels/backward.cu`.
-    pub fn symbol(self) -> &'static str {
+    /// The kernel's symbol in `kernels/backward.cu` for the build `tiles`
+    /// (prep and the center reduction stage no tiles and have one build).
+    pub fn symbol(self, tiles: BackwardTiles) -> &'static str {
+        use BackwardTiles::{D64, D128};
+        match (self, tiles) {
+            (BackwardKernel::Prep, _) => "lwpf_backward_prep_f32",
+            (BackwardKernel::CenterReduce, _) => "lwpf_backward_center_reduce",
+            (BackwardKernel::Center, D64) => "lwpf_backward_center_f32_d64",
+            (BackwardKernel::Center, D128) => "lwpf_backward_center_f32_d128",
+            (BackwardKernel::DkDv, D64) => "lwpf_backward_dkdv_f32_d64",
+            (BackwardKernel::DkDv, D128) => "lwpf_backward_dkdv_f32_d128",
+            (BackwardKernel::Dq, D64) => "lwpf_backward_dq_f32_d64",
+            (BackwardKernel::Dq, D128) => "lwpf_backward_dq_f32_d128",
+        }
+    }
+
+    /// Whether the kernel stages Q, K, V and dO tiles (and so has a build
+    /// per [`BackwardTiles`]).
+    pub fn is_tiled(self) -> bool {
+        matches!(self, BackwardKernel::Center | BackwardKernel::DkDv | BackwardKernel::Dq)
+    }
+
+    /// Bytes of dynamic shared memory a block of the kernel is launched with.
+    pub fn dynamic_smem_bytes(self, tiles: BackwardTiles) -> u32 {
+        if self.is_tiled() { tiles.dynamic_smem_bytes() } else { 0 }
+    }
+}
+
+/// The two builds of the tiled backward kernels, by the widest Q, K, V or dO
+/// row their shared-memory tiles hold (`kernels/params.h`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackwardTiles {
+    /// `D, Dv <= 64`: 42 KB of static shared memory per block (`*_d64`).
+    D64 = 0,
+    /// `D, Dv <= 128`: [`LWPF_BWD_WIDE_SMEM`] bytes of dynamic shared memory
+    /// per block (`*_d128`), more than a static array may have.
+    D128 = 1,
+}
+
+impl BackwardTiles {
+    /// Every build, narrowest first.
+    pub const ALL: [BackwardTiles; 2] = [BackwardTiles::D64, BackwardTiles::D128];
+
+    /// The widest D and Dv the build holds.
+    pub fn max_d(self) -> usize {
         match self {
-            BackwardKernel::Prep => "lwpf_backward_prep_f32",
-            BackwardKernel::Center => "lwpf_backward_center_f32",
-            BackwardKernel::CenterReduce => "lwpf_backward_center_reduce",
-            BackwardKernel::DkDv => "lwpf_backward_dkdv_f32",
-            BackwardKernel::Dq => "lwpf_backward_dq_f32",
+            BackwardTiles::D64 => LWPF_BWD_NARROW_D as usize,
+            BackwardTiles::D128 => LWPF_BWD_MAX_D as usize,
+        }
+    }
+
+    /// Whether the build holds D and Dv of `shape`.
+    pub fn holds(self, shape: Shape) -> bool {
+        shape.d.max(shape.d_v) <= self.max_d()
+    }
+
+    /// The narrowest build that holds `shape`, if any does.
+    pub fn for_shape(shape: Shape) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.holds(shape))
+    }
+
+    /// Bytes of dynamic shared memory per block of the build's tiled kernels.
+    pub fn dynamic_smem_bytes(self) -> u32 {
+        match self {
+            BackwardTiles::D64 => 0,
+            BackwardTiles::D128 => LWPF_BWD_WIDE_SMEM,
         }
     }
 }
 
-/// Checks what `op::backward` checks, and the kernels' own limits.
+/// Checks what `op::backward` checks, and the kernels' own limits; returns
+/// the build that runs the call.
 pub fn check_backward(
     input: &AttentionInput,
     cfg: &AttentionConfig,
     fwd: &Forward,
     d_o: &[f32],
     backend: &'static str,
-) -> Result<()> {
+) -> Result<BackwardTiles> {
     cfg.validate()?;
     input.validate()?;
     check_limits(input, backend)?;
@@ -80,17 +144,13 @@ pub fn check_backward(
         }
     }
     check_finite("dO", d_o)?;
-    let max = LWPF_BWD_MAX_D as usize;
-    if s.d > max || s.d_v > max {
-        return Err(Error::BackendUnavailable {
-            backend,
-            reason: format!(
-                "the fused backward supports D, Dv <= {max}, got D = {}, Dv = {}",
-                s.d, s.d_v
-            ),
-        });
-    }
-    Ok(())
+    BackwardTiles::for_shape(s).ok_or_else(|| Error::BackendUnavailable {
+        backend,
+        reason: format!(
+            "the fused backward supports D, Dv <= {LWPF_BWD_MAX_D}, got D = {}, Dv = {}",
+            s.d, s.d_v
+        ),
+    })
 }
 
 /// Zero gradients of a call without scores.

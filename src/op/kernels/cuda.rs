@@ -23,8 +23,8 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use super::backward::{
-    BackwardKernel, BackwardPointers, DqMode, backward_launches, backward_params, check_backward,
-    empty_grads,
+    BackwardKernel, BackwardPointers, BackwardTiles, DqMode, backward_launches, backward_params,
+    check_backward, empty_grads,
 };
 use super::params::*;
 use super::unfused;
@@ -65,13 +65,31 @@ struct Runtime {
     median_hist: CudaFunction,
     median_select: CudaFunction,
     forward: CudaFunction,
-    /// The backward kernels, in the order of [`BackwardKernel`].
-    backward: [CudaFunction; 5],
+    /// The backward kernels without tiles (one build each).
+    backward_prep: CudaFunction,
+    backward_reduce: CudaFunction,
+    /// The tiled backward kernels (center, dK dV, dQ) of each build, indexed
+    /// by `BackwardTiles as usize`.
+    backward_tiled: [[CudaFunction; 3]; 2],
     /// The unfused baseline's elementwise kernels ([`unfused::SYMBOLS`]).
     unfused: [CudaFunction; 4],
     selftest_mma: CudaFunction,
     /// One call at a time on the stream.
     lock: Mutex<()>,
+}
+
+impl Runtime {
+    /// The loaded backward kernel `kernel` of the build `tiles`.
+    fn backward(&self, kernel: BackwardKernel, tiles: BackwardTiles) -> &CudaFunction {
+        let tiled = &self.backward_tiled[tiles as usize];
+        match kernel {
+            BackwardKernel::Prep => &self.backward_prep,
+            BackwardKernel::CenterReduce => &self.backward_reduce,
+            BackwardKernel::Center => &tiled[0],
+            BackwardKernel::DkDv => &tiled[1],
+            BackwardKernel::Dq => &tiled[2],
+        }
+    }
 }
 
 fn unavailable(reason: impl Into<String>) -> Error {
@@ -111,18 +129,34 @@ fn init() -> std::result::Result<Runtime, String> {
             .and_then(|md| md.load_function(function))
             .map_err(|e| format!("loading {function} from {module}: {e}"))
     };
+    let backward = |kernel: BackwardKernel, tiles| -> std::result::Result<CudaFunction, String> {
+        let symbol = kernel.symbol(tiles);
+        let f = load("backward", symbol)?;
+        let smem = kernel.dynamic_smem_bytes(tiles);
+        if smem > 0 {
+            // A launch may ask for more than 48 KB of dynamic shared memory
+            // only once the function allows it.
+            use sys::CUfunction_attribute_enum as Attr;
+            f.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+                .map_err(|e| format!("allowing {symbol} {smem} bytes of shared memory: {e}"))?;
+        }
+        Ok(f)
+    };
+    let tiled = |tiles| -> std::result::Result<[CudaFunction; 3], String> {
+        Ok([
+            backward(BackwardKernel::Center, tiles)?,
+            backward(BackwardKernel::DkDv, tiles)?,
+            backward(BackwardKernel::Dq, tiles)?,
+        ])
+    };
     Ok(Runtime {
         stream: ctx.default_stream(),
         median_hist: load("median", "lwpf_median_hist_f32")?,
         median_select: load("median", "lwpf_median_select")?,
         forward: load("forward", "lwpf_forward_f32")?,
-        backward: [
-            load("backward", BackwardKernel::Prep.symbol())?,
-            load("backward", BackwardKernel::Center.symbol())?,
-            load("backward", BackwardKernel::CenterReduce.symbol())?,
-            load("backward", BackwardKernel::DkDv.symbol())?,
-            load("backward", BackwardKernel::Dq.symbol())?,
-        ],
+        backward_prep: backward(BackwardKernel::Prep, BackwardTiles::D64)?,
+        backward_reduce: backward(BackwardKernel::CenterReduce, BackwardTiles::D64)?,
+        backward_tiled: [tiled(BackwardTiles::D64)?, tiled(BackwardTiles::D128)?],
         unfused: [
             load("unfused", unfused::SYMBOLS[0])?,
             load("unfused", unfused::SYMBOLS[1])?,
@@ -145,7 +179,12 @@ pub fn available() -> Result<()> {
 }
 
 fn launch_config(grid: u32) -> LaunchConfig {
-    LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+    launch_config_smem(grid, 0)
+}
+
+/// [`launch_config`] with `smem` bytes of dynamic shared memory per block.
+fn launch_config_smem(grid: u32, smem: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: smem }
 }
 
 /// Forward pass (SPEC section 3) on the GPU.
@@ -277,26 +316,31 @@ unsafe fn launch_forward(
     Ok(())
 }
 
-/// Launches the backward kernels of one call (`p` holds its pointers).
+/// Launches the backward kernels of one call (`p` holds its pointers) on
+/// the build `tiles`.
 ///
 /// # Safety
-/// Every pointer in `p` must be a live device buffer of the call's size.
+/// Every pointer in `p` must be a live device buffer of the call's size, and
+/// `tiles` must hold the call's D and Dv.
 unsafe fn launch_backward(
     rt: &Runtime,
     input: &AttentionInput,
     fwd: &Forward,
     p: &LwpfBackwardParams,
     mode: DqMode,
+    tiles: BackwardTiles,
 ) -> Result<()> {
     for (kernel, grid) in backward_launches(input, fwd, mode) {
-        let f = &rt.backward[kernel as usize];
-        // SAFETY: the caller's promise; the grid is the one the kernel expects.
+        let f = rt.backward(kernel, tiles);
+        let cfg = launch_config_smem(grid, kernel.dynamic_smem_bytes(tiles));
+        // SAFETY: the caller's promise; the grid and shared memory are the
+        // ones the kernel expects.
         unsafe {
             rt.stream
                 .launch_builder(f)
                 .arg(p)
-                .launch(launch_config(grid))
-                .map_err(device_error(kernel.symbol()))?;
+                .launch(cfg)
+                .map_err(device_error(kernel.symbol(tiles)))?;
         }
     }
     Ok(())
@@ -311,7 +355,7 @@ pub fn backward(
     d_o: &[f32],
     mode: DqMode,
 ) -> Result<Grads> {
-    check_backward(input, cfg, fwd, d_o, "cuda")?;
+    let tiles = check_backward(input, cfg, fwd, d_o, "cuda")?;
     let rt = runtime()?;
     let s = input.shape;
     if s.n_q == 0 || s.n_k == 0 {
@@ -374,8 +418,9 @@ pub fn backward(
             dv: dv_ptr as *mut f32,
         };
         let p = backward_params(input, cfg, fwd, &ptr, mode);
-        // SAFETY: `p` holds the live device buffers above, of the call's sizes.
-        unsafe { launch_backward(rt, input, fwd, &p, mode)? };
+        // SAFETY: `p` holds the live device buffers above, of the call's
+        // sizes; `tiles` holds the call.
+        unsafe { launch_backward(rt, input, fwd, &p, mode, tiles)? };
     }
 
     let download = device_error("copying the results from the device");
@@ -413,7 +458,7 @@ pub fn time_kernels(
     // The backward's launches and parameters need the forward's statistics
     // (the center gradient's tie count): one plain call first.
     let fwd = forward(input, cfg)?;
-    check_backward(input, cfg, &fwd, &fwd.o, "cuda")?;
+    let tiles = check_backward(input, cfg, &fwd, &fwd.o, "cuda")?;
     let rt = runtime()?;
     let _one_call = rt.lock.lock().unwrap_or_else(|e| e.into_inner());
     let st = &rt.stream;
@@ -518,7 +563,7 @@ pub fn time_kernels(
         }
         let p = backward_params(input, cfg, &fwd, &bptr, mode);
         // SAFETY: as above.
-        unsafe { launch_backward(rt, input, &fwd, &p, mode)? };
+        unsafe { launch_backward(rt, input, &fwd, &p, mode, tiles)? };
         e2.record(st).map_err(device_error("recording an event"))?;
         if run >= warmup {
             fwd_ms.push(e0.elapsed_ms(&e1).map_err(device_error("timing"))?);
@@ -826,12 +871,13 @@ pub fn unfused_backward(
             dv: std::ptr::null_mut(),
         };
         let bp = backward_params(input, cfg, fwd, &bptr, DqMode::Deterministic);
-        let prep = BackwardKernel::Prep as usize;
-        let reduce = BackwardKernel::CenterReduce as usize;
+        // Neither kernel stages tiles: any build's entry is the same one.
+        let prep = rt.backward(BackwardKernel::Prep, BackwardTiles::D64);
+        let reduce = rt.backward(BackwardKernel::CenterReduce, BackwardTiles::D64);
         let rows_grid = s.rows().div_ceil(THREADS as usize) as u32;
         // SAFETY: the prep kernel reads O and dO and writes Delta.
         unsafe {
-            st.launch_builder(&rt.backward[prep])
+            st.launch_builder(prep)
                 .arg(&bp)
                 .launch(launch_config(rows_grid))
                 .map_err(device_error("Delta"))?;
@@ -851,7 +897,7 @@ pub fn unfused_backward(
         if center_gradient {
             // SAFETY: the reduction reads the row sums and writes `center`.
             unsafe {
-                st.launch_builder(&rt.backward[reduce])
+                st.launch_builder(reduce)
                     .arg(&bp)
                     .launch(launch_config(1))
                     .map_err(device_error("center gradient"))?;

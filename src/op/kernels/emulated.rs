@@ -8,15 +8,15 @@
 //! It cannot show races between warps that only a GPU would expose.
 
 use super::backward::{
-    BackwardKernel, BackwardPointers, DqMode, backward_launches, backward_params, check_backward,
-    empty_grads,
+    BackwardKernel, BackwardPointers, BackwardTiles, DqMode, backward_launches, backward_params,
+    check_backward, empty_grads,
 };
 use super::params::*;
 use super::{
     CallPointers, THREADS, call_stats, check_limits, forward_params, host_threshold, median_params,
     median_state, tiled_grid, uses_median_kernels, valid_entries,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::op::{AttentionConfig, AttentionInput, CallStats, Forward, Grads, Threshold};
 
 // The launchers of kernels/emu/launch.cpp: each runs one kernel over
@@ -25,8 +25,16 @@ unsafe extern "C" {
     fn lwpf_emu_median_hist_f32(grid: u32, block: u32, p: *const LwpfMedianParams);
     fn lwpf_emu_median_select(grid: u32, block: u32, p: *const LwpfMedianParams);
     fn lwpf_emu_forward_f32(grid: u32, block: u32, p: *const LwpfForwardParams);
-    fn lwpf_emu_backward_f32(kernel: i32, grid: u32, block: u32, p: *const LwpfBackwardParams);
+    fn lwpf_emu_backward_f32(
+        kernel: i32,
+        max_d: i32,
+        grid: u32,
+        block: u32,
+        smem_bytes: u32,
+        p: *const LwpfBackwardParams,
+    );
     fn lwpf_emu_selftest_barrier(grid: u32, block: u32, out: *mut u32, rounds: i32);
+    fn lwpf_emu_selftest_dynamic_smem(grid: u32, block: u32, out: *mut u32, words: i32);
     fn lwpf_emu_selftest_warp(grid: u32, block: u32, input: *const i32, out: *mut i32);
     fn lwpf_emu_selftest_atomics(
         grid: u32,
@@ -152,7 +160,8 @@ pub fn forward(input: &AttentionInput, cfg: &AttentionConfig) -> Result<Forward>
 }
 
 /// Backward pass (SPEC section 5) by the fused kernels under emulation, from
-/// the forward pass `fwd` of the same call (its O, lse and threshold).
+/// the forward pass `fwd` of the same call (its O, lse and threshold), on
+/// the narrowest build of the tiled kernels that holds the call.
 pub fn backward(
     input: &AttentionInput,
     cfg: &AttentionConfig,
@@ -160,8 +169,33 @@ pub fn backward(
     d_o: &[f32],
     mode: DqMode,
 ) -> Result<Grads> {
+    let tiles = check_backward(input, cfg, fwd, d_o, "emulated")?;
+    backward_with_tiles(input, cfg, fwd, d_o, mode, tiles)
+}
+
+/// [`backward`] on the build `tiles`, which may be wider than the call
+/// needs: tests hold the builds to each other with it.
+pub fn backward_with_tiles(
+    input: &AttentionInput,
+    cfg: &AttentionConfig,
+    fwd: &Forward,
+    d_o: &[f32],
+    mode: DqMode,
+    tiles: BackwardTiles,
+) -> Result<Grads> {
     check_backward(input, cfg, fwd, d_o, "emulated")?;
     let s = input.shape;
+    if !tiles.holds(s) {
+        return Err(Error::BackendUnavailable {
+            backend: "emulated",
+            reason: format!(
+                "the {tiles:?} build of the fused backward holds D, Dv <= {}, got D = {}, Dv = {}",
+                tiles.max_d(),
+                s.d,
+                s.d_v
+            ),
+        });
+    }
     if s.n_q == 0 || s.n_k == 0 {
         return Ok(empty_grads(input));
     }
@@ -193,19 +227,38 @@ pub fn backward(
     };
     let p = backward_params(input, cfg, fwd, &ptr, mode);
     for (kernel, grid) in backward_launches(input, fwd, mode) {
-        let id = match kernel {
-            BackwardKernel::Prep => 0,
-            BackwardKernel::Center => 1,
-            BackwardKernel::CenterReduce => 2,
-            BackwardKernel::DkDv => 3,
-            BackwardKernel::Dq => 4,
-        };
         // SAFETY: every pointer in `p` is valid for the sizes in `p`: the
         // validated input, O, lse and dO of checked lengths, and the live
-        // buffers above.
-        unsafe { lwpf_emu_backward_f32(id, grid, THREADS, &p) };
+        // buffers above; the build holds D and Dv.
+        unsafe { launch_backward(kernel, tiles, grid, &p) };
     }
     Ok(grads)
+}
+
+/// Runs one backward kernel of the build `tiles` over `grid` blocks, with
+/// the dynamic shared memory it needs.
+///
+/// # Safety
+/// Every pointer in `p` that the kernel touches must be valid for the sizes
+/// in `p`, and `tiles` must hold D and Dv of `p` if the kernel is tiled.
+pub(crate) unsafe fn launch_backward(
+    kernel: BackwardKernel,
+    tiles: BackwardTiles,
+    grid: u32,
+    p: &LwpfBackwardParams,
+) {
+    // As kernels/emu/launch.cpp numbers them.
+    let id = match kernel {
+        BackwardKernel::Prep => 0,
+        BackwardKernel::Center => 1,
+        BackwardKernel::CenterReduce => 2,
+        BackwardKernel::DkDv => 3,
+        BackwardKernel::Dq => 4,
+    };
+    let (max_d, smem) = (tiles.max_d() as i32, kernel.dynamic_smem_bytes(tiles));
+    // SAFETY: the caller's promise; the launcher gives the kernel `smem`
+    // bytes, what the build needs.
+    unsafe { lwpf_emu_backward_f32(id, max_d, grid, THREADS, smem, p) };
 }
 
 /// The emulation's own self-tests (`kernels/selftest/emu_selftest.cu`), each
@@ -218,6 +271,16 @@ pub mod selftest {
         let mut out = vec![0u32; (grid * block) as usize];
         // SAFETY: `out` holds grid * block words, as the kernel writes.
         unsafe { lwpf_emu_selftest_barrier(grid, block, out.as_mut_ptr(), rounds) };
+        out
+    }
+
+    /// `words` words of dynamic shared memory per block, read back mirrored:
+    /// `out[b * words + i]` = what block b wrote to word `words - 1 - i`.
+    pub fn dynamic_smem(grid: u32, block: u32, words: i32) -> Vec<u32> {
+        let mut out = vec![0u32; grid as usize * words.max(0) as usize];
+        // SAFETY: `out` holds grid * words words, as the kernel writes; the
+        // launcher gives each block exactly `words` words.
+        unsafe { lwpf_emu_selftest_dynamic_smem(grid, block, out.as_mut_ptr(), words) };
         out
     }
 

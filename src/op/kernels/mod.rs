@@ -20,8 +20,8 @@
 //! The backward pass is laid out in [`backward`].
 //!
 //! Limits narrower than SPEC: `Dv <= 128` (the forward's accumulators are
-//! registers), `D, Dv <= 64` in the backward, sizes below 2^31 per dimension,
-//! f32 tensors only.
+//! registers), `D, Dv <= 128` in the backward (its tiles hold whole rows in
+//! shared memory), sizes below 2^31 per dimension, f32 tensors only.
 
 pub mod backward;
 pub mod emulated;

@@ -13,7 +13,9 @@ pub const LWPF_RADIX_BINS: u32 = 2048;
 pub const LWPF_BIAS_THRESHOLD: u32 = 0;
 pub const LWPF_BIAS_FIXED: u32 = 1;
 pub const LWPF_BIAS_NEG_INF: u32 = 2;
-pub const LWPF_BWD_MAX_D: u32 = 64;
+pub const LWPF_BWD_NARROW_D: u32 = 64;
+pub const LWPF_BWD_MAX_D: u32 = 128;
+pub const LWPF_BWD_WIDE_SMEM: u32 = 74784;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct LwpfThreshold {

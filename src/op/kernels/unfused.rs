@@ -10,7 +10,10 @@
 //! on the GPU with cuBLAS. Memory: three `B * H * Nq * Nk` buffers in the
 //! backward, by design.
 
-use super::backward::{BackwardPointers, DqMode, backward_params, uses_center_gradient};
+use super::backward::{
+    BackwardKernel, BackwardPointers, BackwardTiles, DqMode, backward_params, uses_center_gradient,
+};
+use super::emulated::launch_backward;
 use super::params::*;
 use super::{
     CallPointers, THREADS, call_stats, check_limits, host_threshold, median_params, median_state,
@@ -25,7 +28,6 @@ use crate::op::{
 unsafe extern "C" {
     fn lwpf_emu_unfused_f32(kernel: i32, grid: u32, block: u32, p: *const LwpfUnfusedParams);
     fn lwpf_emu_median_select(grid: u32, block: u32, p: *const LwpfMedianParams);
-    fn lwpf_emu_backward_f32(kernel: i32, grid: u32, block: u32, p: *const LwpfBackwardParams);
 }
 
 /// Rows of S per block of the median histogram (`UNFUSED_HIST_ROWS`).
@@ -251,9 +253,12 @@ pub fn emulated_backward(
         dv: std::ptr::null_mut(),
     };
     let bp = backward_params(input, cfg, fwd, &bptr, DqMode::Deterministic);
+    // Neither the prep kernel nor the center reduction stages tiles: any
+    // build's is the same kernel.
+    let rows_grid = s.rows().div_ceil(THREADS as usize) as u32;
     // SAFETY: the prep kernel reads O and dO and writes Delta, all of the
     // call's sizes.
-    unsafe { lwpf_emu_backward_f32(0, s.rows().div_ceil(THREADS as usize) as u32, THREADS, &bp) };
+    unsafe { launch_backward(BackwardKernel::Prep, BackwardTiles::D64, rows_grid, &bp) };
 
     let mut p = unfused_params(input, cfg);
     p.s_ptr = sc.as_ptr();
@@ -268,7 +273,7 @@ pub fn emulated_backward(
     launch(Kernel::DScore, s.rows(), &p);
     if center_gradient {
         // SAFETY: the reduction reads the per-row sums and writes `center`.
-        unsafe { lwpf_emu_backward_f32(2, 1, THREADS, &bp) };
+        unsafe { launch_backward(BackwardKernel::CenterReduce, BackwardTiles::D64, 1, &bp) };
         launch(Kernel::Ties, s.rows(), &p);
     }
 
