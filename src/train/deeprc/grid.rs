@@ -183,10 +183,10 @@ pub fn write_report(out: &Path, summaries: &[DeepRcSummary]) -> Result<()> {
     widths.dedup();
     let mut panels = vec![];
     let mut legend = vec![];
-    for (row, metric) in ["test ROC AUC", "recovery precision at k"].iter().enumerate() {
+    for (row, metric) in ["test ROC AUC", "recovery precision@k"].iter().enumerate() {
         for &w in &widths {
             let mut p = Panel {
-                title: format!("{metric}, kernel width n_c = {w}"),
+                title: format!("{metric}, n_c = {w}"),
                 x_label: "kernels n_k".into(),
                 y_label: if row == 0 { "AUC".into() } else { "precision".into() },
                 series: vec![],

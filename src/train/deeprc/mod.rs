@@ -545,7 +545,8 @@ pub struct DeepRcSummary {
     pub recovery_recall_in_top: Option<f64>,
     /// Training steps per second, ranking pass included, evaluation not.
     pub steps_per_s: f64,
-    /// Peak resident memory of the process.
+    /// Peak resident memory of the process: the high-water mark, so in a
+    /// grid it covers every run before this one too.
     pub peak_rss_mib: f64,
     pub wall_time_s: f64,
 }
