@@ -399,8 +399,53 @@ fn the_command_line_generates_trains_and_reports() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("curves.png") && run.join("curves.png").is_file(), "{stdout}");
 
+    // A one-cell grid: its table and figure, the cell read back on a second
+    // run, and `lwpf plot` redrawing the report from the finished runs.
+    let grid = dir.path().join("grid");
+    let grid_args = [
+        "grid",
+        "deeprc",
+        "--data",
+        &s(&data),
+        "--widths",
+        "7",
+        "--kernels",
+        "4,4",
+        "--forgets",
+        "none",
+        "--steps",
+        "6",
+        "--eval-every",
+        "3",
+        "--folds",
+        "3",
+        "--no-progress",
+        "--out",
+        &s(&grid),
+    ];
+    let (code, _, stderr) = lwpf_cli(&grid_args);
+    assert_eq!(code, 0, "{stderr}");
+    let csv = std::fs::read_to_string(grid.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 2, "one cell for the repeated n_k: {csv}");
+    assert!(csv.lines().nth(1).unwrap().starts_with("7,4,none,3,"), "{csv}");
+    let table = std::fs::read_to_string(grid.join("table.md")).unwrap();
+    assert!(table.contains("| 7 | 4 |"), "{table}");
+    let before = std::fs::metadata(grid.join("runs/nc7-nk4-none/summary.json")).unwrap();
+    let (code, _, _) = lwpf_cli(&grid_args);
+    assert_eq!(code, 0);
+    let after = std::fs::metadata(grid.join("runs/nc7-nk4-none/summary.json")).unwrap();
+    assert_eq!(before.modified().unwrap(), after.modified().unwrap(), "read back, not retrained");
+    std::fs::remove_file(grid.join("grid.png")).unwrap();
+    let (code, stdout, stderr) = lwpf_cli(&["plot", &s(&grid)]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("grid.png") && grid.join("grid.png").is_file(), "{stdout}");
+
     for (args, expect) in [
         (vec!["train", "deeprc", "--data", "/nonexistent"], "no metadata.tsv"),
+        (
+            vec!["grid", "deeprc", "--data", &s(&data), "--widths", "7,31", "--out", &s(&grid)],
+            "width 31",
+        ),
         (vec!["train", "deeprc", "--data", &s(&data), "--width", "0"], "width"),
         (vec!["train", "deeprc", "--data", &s(&data), "--folds", "9"], "cannot fill 9 folds"),
         (vec!["train", "deeprc", "--data", &s(&data), "--fold", "7"], "fold 7"),

@@ -316,7 +316,10 @@ impl Tsv {
     /// The index of column `name`, or an error on the header line.
     fn column(&self, header: &[&str], name: &str, context: &str) -> Result<usize> {
         header.iter().position(|&h| h == name).ok_or_else(|| {
-            self.record_error(1, format!("{context} needs a `{name}` column; {}", columns(header)))
+            self.record_error(
+                1,
+                format!("{context} needs the column `{name}`; {}", columns(header)),
+            )
         })
     }
 }
@@ -367,7 +370,7 @@ impl Columns {
         let first_of = |names: [&str; 2]| -> Result<usize> {
             optional(names[0]).or_else(|| optional(names[1])).ok_or_else(|| {
                 let what = format!(
-                    "{ctx} needs a `{}` or `{}` column; {}",
+                    "{ctx} needs the column `{}` or `{}`; {}",
                     names[0],
                     names[1],
                     columns(header)

@@ -248,6 +248,20 @@ impl GridArgs {
 impl PlotArgs {
     /// Redraws the figure; returns the files written.
     pub fn run(&self) -> Result<Vec<PathBuf>> {
+        use crate::train::deeprc::grid as deeprc_grid;
+        let is_deeprc_grid = |d: &PathBuf| deeprc_grid::load_grid(d).is_ok_and(|s| !s.is_empty());
+        if self.dirs.iter().all(is_deeprc_grid) {
+            let mut files = vec![];
+            for d in &self.dirs {
+                deeprc_grid::write_report(d, &deeprc_grid::load_grid(d)?)?;
+                files
+                    .extend(["table.md", "results.csv", "grid.png", "grid.svg"].map(|f| d.join(f)));
+            }
+            for f in &files {
+                println!("wrote {}", f.display());
+            }
+            return Ok(files);
+        }
         if self.dirs.iter().all(|d| crate::train::deeprc::read_summary(d).is_ok()) {
             let mut files = vec![];
             for d in &self.dirs {

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use log::info;
+use log::{info, warn};
 
 use super::grid::{DeepRcGrid, run_grid};
 use super::{
@@ -31,7 +31,8 @@ pub struct DataArgs {
     /// Value of the label column that marks a positive bag.
     #[arg(long, default_value = "1")]
     pub positive: String,
-    /// Scale the amino-acid channels by ln(count) (the paper's CMV cohort).
+    /// Scale the amino-acid channels by ln(max(count, 1)) (the paper's CMV
+    /// cohort); a sequence seen once then has all-zero amino-acid channels.
     #[arg(long)]
     pub log_counts: bool,
     /// Optimizer steps per fold.
@@ -43,6 +44,7 @@ pub struct DataArgs {
     /// Bags per step.
     #[arg(long, default_value_t = DEFAULT_BATCH)]
     pub batch: usize,
+    /// Adam learning rate.
     #[arg(long, default_value_t = DEFAULT_LR)]
     pub lr: f32,
     /// Rows sampled per training bag and step (with replacement, unique kept).
@@ -51,8 +53,10 @@ pub struct DataArgs {
     /// Share of each bag, by attention logit, in the differentiable pass.
     #[arg(long, default_value_t = DEFAULT_TOP_FRACTION)]
     pub top_fraction: f64,
+    /// Cross-validation folds (each tests once; the one before it validates).
     #[arg(long, default_value_t = DEFAULT_FOLDS)]
     pub folds: usize,
+    /// Seeds the folds, the initialization, the sampling and the threshold draws.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Worker threads [default: one per core].
@@ -108,11 +112,11 @@ pub struct TrainArgs {
     /// Kernel width n_c.
     #[arg(long, default_value_t = 9)]
     pub width: usize,
-    /// Train only these folds [default: all].
+    /// Train only these folds, 0-based, comma-separated [default: all].
     #[arg(long, value_delimiter = ',')]
     pub fold: Vec<usize>,
     /// Where metrics.jsonl, summary.json, checkpoints and curves go
-    /// [default: runs/deeprc/NAME].
+    /// [default: runs/deeprc/NAME, NAME like nc9-nk32-none].
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
@@ -205,9 +209,10 @@ pub struct ImplantArgs {
     /// Folder (or epitope subfolder) of signal sequences, e.g. deeptcr-antigens/Human_Antigens/A2-GILGFVFTL.
     #[arg(long)]
     pub signals: PathBuf,
-    /// Share of each positive bag replaced by signal sequences.
-    #[arg(long)]
+    /// Share of each positive bag replaced by signal sequences (at least one).
+    #[arg(long, allow_negative_numbers = true)]
     pub witness_rate: f64,
+    /// Bags in all, positive and negative.
     #[arg(long, default_value_t = ImplantConfig::default().bags)]
     pub bags: usize,
     /// Sequences per bag.
@@ -216,8 +221,10 @@ pub struct ImplantArgs {
     /// Share of bags that are positive.
     #[arg(long, default_value_t = ImplantConfig::default().positive_fraction)]
     pub positive_fraction: f64,
+    /// Seeds every draw; one seed gives byte-identical files.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Folder for repertoires/, metadata.tsv, implanted.tsv and generator.json.
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -227,7 +234,8 @@ impl ImplantArgs {
         let (background, reports) = repertoire::read_dir_pool(&self.background)?;
         let dropped: usize = reports.iter().map(|r| r.rows - r.kept).sum();
         info!(
-            "background: {} files, {} sequences kept, {dropped} rows dropped or merged",
+            "background: {} files, {} sequences kept over the files (before removing \
+             repeats and signal), {dropped} rows dropped or merged",
             background.len(),
             background.iter().map(|r| r.len()).sum::<usize>()
         );
@@ -240,6 +248,15 @@ impl ImplantArgs {
             seed: self.seed,
         };
         let generated = repertoire::implant(&background, &signals, &cfg)?;
+        let rate = cfg.witnesses() as f64 / cfg.bag_size as f64;
+        if (rate - cfg.witness_rate).abs() > 0.1 * cfg.witness_rate {
+            warn!(
+                "{} witnesses per positive bag of {}: a witness rate of {rate}, not the {} asked",
+                cfg.witnesses(),
+                cfg.bag_size,
+                cfg.witness_rate
+            );
+        }
         repertoire::write_generated(&generated, &self.out)?;
         println!(
             "{} bags ({} positive) of {} sequences written to {}",

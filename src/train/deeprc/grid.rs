@@ -2,8 +2,8 @@
 //! n_k in {8, 16, 32}) x {none, relu, pfu}, each a cross-validated run, then
 //! `results.csv`, `table.md` (mean +- std test AUC x 100 over folds) and
 //! `grid.png`/`grid.svg`. A run whose `summary.json` already holds the same
-//! configuration is read back instead of retrained, so an interrupted grid
-//! resumes where it stopped.
+//! configuration and the same data (by fingerprint) is read back instead of
+//! retrained, so an interrupted grid resumes where it stopped.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use log::info;
 
 use super::plot::COLORS;
-use super::{DeepRcSummary, DeepRcTrainConfig, read_summary, train};
+use super::{DeepRcSummary, DeepRcTrainConfig, data_fingerprint, load_data, read_summary, train};
 use crate::error::{Error, Result};
 use crate::plot::{Figure, Panel, Series};
 use crate::train::atomic_write;
@@ -43,12 +43,16 @@ impl DeepRcGrid {
         }
     }
 
+    /// Every cell once, in order (repeated values are dropped).
     pub fn runs(&self) -> Vec<DeepRcTrainConfig> {
-        let mut runs = vec![];
+        let mut runs: Vec<DeepRcTrainConfig> = vec![];
         for &width in &self.widths {
             for &kernels in &self.kernels {
                 for &forget in &self.forgets {
-                    runs.push(DeepRcTrainConfig { width, kernels, forget, ..self.base.clone() });
+                    let cfg = DeepRcTrainConfig { width, kernels, forget, ..self.base.clone() };
+                    if !runs.contains(&cfg) {
+                        runs.push(cfg);
+                    }
                 }
             }
         }
@@ -62,10 +66,18 @@ pub fn run_grid(grid: &DeepRcGrid) -> Result<Vec<DeepRcSummary>> {
     if runs.is_empty() {
         return Err(Error::InvalidConfig { what: "the grid has no cells".into() });
     }
+    // Every cell is checked before the first trains: a bad value at the end
+    // of a list must not cost the cells before it.
+    for cfg in &runs {
+        cfg.validate()?;
+    }
+    let fingerprint = data_fingerprint(&load_data(&grid.base)?);
     let mut summaries = vec![];
     for (i, cfg) in runs.iter().enumerate() {
         let dir = grid.out.join("runs").join(cfg.name());
-        let done = read_summary(&dir).ok().filter(|s| s.config == *cfg && !grid.force);
+        let done = read_summary(&dir)
+            .ok()
+            .filter(|s| s.config == *cfg && s.data_fingerprint == fingerprint && !grid.force);
         let s = match done {
             Some(s) => {
                 info!("[{}/{}] {}: done before, read back", i + 1, runs.len(), cfg.name());
@@ -79,6 +91,22 @@ pub fn run_grid(grid: &DeepRcGrid) -> Result<Vec<DeepRcSummary>> {
         summaries.push(s);
     }
     write_report(&grid.out, &summaries)?;
+    Ok(summaries)
+}
+
+/// The summaries of a finished grid's runs (`DIR/runs/*/summary.json`), in
+/// the grid's order, for redrawing its report.
+pub fn load_grid(dir: &Path) -> Result<Vec<DeepRcSummary>> {
+    let runs = dir.join("runs");
+    let entries = std::fs::read_dir(&runs).map_err(|e| Error::io(&runs, e))?;
+    let mut summaries = vec![];
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(&runs, e))?.path();
+        if path.join("summary.json").is_file() {
+            summaries.push(read_summary(&path)?);
+        }
+    }
+    summaries.sort_by_key(|s| (s.config.width, s.config.kernels, s.config.forget));
     Ok(summaries)
 }
 
@@ -183,12 +211,12 @@ pub fn write_report(out: &Path, summaries: &[DeepRcSummary]) -> Result<()> {
     widths.dedup();
     let mut panels = vec![];
     let mut legend = vec![];
-    for (row, metric) in ["test ROC AUC", "recovery precision@k"].iter().enumerate() {
+    for (row, metric) in ["test ROC AUC", "attention recovery"].iter().enumerate() {
         for &w in &widths {
             let mut p = Panel {
                 title: format!("{metric}, n_c = {w}"),
                 x_label: "kernels n_k".into(),
-                y_label: if row == 0 { "AUC".into() } else { "precision".into() },
+                y_label: if row == 0 { "AUC".into() } else { "precision at k".into() },
                 series: vec![],
                 y_range: Some((0.0, 1.0)),
             };
@@ -224,7 +252,7 @@ pub fn write_report(out: &Path, summaries: &[DeepRcSummary]) -> Result<()> {
         legend.push((f.name().to_string(), COLORS[j % COLORS.len()]));
     }
     let fig = Figure {
-        title: "DeepRC on repertoires with implanted signal (band: +- std over folds)".into(),
+        title: "DeepRC grid (band: +- std over folds)".into(),
         cols: widths.len().max(1),
         panels,
         legend,

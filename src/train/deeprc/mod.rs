@@ -146,7 +146,10 @@ impl DeepRcTrainConfig {
             && self.adam_eps.is_finite()
             && self.adam_eps > 0.0)
         {
-            return bad(format!("lr {} and Adam eps {} must be > 0", self.lr, self.adam_eps));
+            return bad(format!(
+                "lr {} and Adam eps {} must be finite and > 0",
+                self.lr, self.adam_eps
+            ));
         }
         if !(self.top_fraction > 0.0 && self.top_fraction <= 1.0) {
             return bad(format!("top fraction {} must lie in (0, 1]", self.top_fraction));
@@ -250,9 +253,46 @@ pub fn load_data(cfg: &DeepRcTrainConfig) -> Result<RepertoireData> {
         });
     }
     let truth = cfg.data.join("implanted.tsv");
-    let implanted =
-        if truth.is_file() { Some(repertoire::read_implanted(&truth, &dataset)?) } else { None };
+    let implanted = if truth.is_file() {
+        let rows = repertoire::read_implanted(&truth, &dataset).map_err(|e| Error::Data {
+            path: truth.clone(),
+            what: format!(
+                "{e} (implanted.tsv holds the ground truth of the bags in metadata.tsv as \
+                 generated; regenerate the data, or remove it to train without recovery)"
+            ),
+        })?;
+        Some(rows)
+    } else {
+        None
+    };
     RepertoireData::new(dataset, cfg.log_counts, implanted)
+}
+
+/// A 64-bit FNV-1a hash, in hex, of everything training reads from the data:
+/// each bag's id, label, sequences and counts, and the implanted rows. Two
+/// runs with one fingerprint saw the same data.
+pub fn data_fingerprint(data: &RepertoireData) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for (i, rep) in data.dataset.repertoires.iter().enumerate() {
+        eat(rep.id.as_bytes());
+        eat(&[data.dataset.labels[i] as u8, 0xff]);
+        for (seq, count) in rep.iter() {
+            eat(seq);
+            eat(&count.to_le_bytes());
+        }
+        if let Some(truth) = &data.implanted {
+            for &r in &truth[i] {
+                eat(&(r as u64).to_le_bytes());
+            }
+        }
+        eat(&[0xfe]);
+    }
+    format!("{h:016x}")
 }
 
 /// Fold of every bag: positives and negatives each shuffled and dealt round
@@ -545,6 +585,9 @@ pub struct DeepRcSummary {
     pub recovery_recall_in_top: Option<f64>,
     /// Training steps per second, ranking pass included, evaluation not.
     pub steps_per_s: f64,
+    /// [`data_fingerprint`] of the data trained on.
+    #[serde(default)]
+    pub data_fingerprint: String,
     /// Peak resident memory of the process: the high-water mark, so in a
     /// grid it covers every run before this one too.
     pub peak_rss_mib: f64,
@@ -670,6 +713,7 @@ pub fn train(cfg: &DeepRcTrainConfig, out: &Path, progress: bool) -> Result<Deep
         recovery_precision_at_k: mean_of(&|s| s.test.recovery.as_ref().map(|r| r.precision_at_k)),
         recovery_recall_in_top: mean_of(&|s| s.test.recovery.as_ref().map(|r| r.recall_in_top)),
         steps_per_s: (cfg.steps * folds.len() as u64) as f64 / train_time.max(1e-9),
+        data_fingerprint: data_fingerprint(&data),
         peak_rss_mib: peak_rss_mib(),
         wall_time_s: start.elapsed().as_secs_f64(),
         folds: summaries,
@@ -750,7 +794,9 @@ fn train_fold(
     let mut best: Option<(f64, u64, Vec<Tensor>, Option<f64>)> = None;
     let (mut loss_acc, mut forgot_acc, mut logged) = (0.0, 0.0, 0u64);
     let mut train_secs = 0.0;
-    let log_every = (cfg.eval_every / 4).max(1);
+    // About four step records per validation, and a few even in a run
+    // shorter than one validation interval.
+    let log_every = (cfg.eval_every.min(cfg.steps) / 4).max(1);
 
     for step in 1..=cfg.steps {
         let t = Instant::now();
