@@ -356,6 +356,15 @@ fn encode_bags(
             log_counts.then(|| rows.iter().map(|&r| rep.count(r) as f32).collect());
         encoded.push(repertoire::encode(&seqs, counts.as_deref(), data.scales[bag])?);
     }
+    // One bag (every chunk of the ranking pass) is already laid out at its
+    // own longest length: no second copy.
+    if let [(values, lengths, l)] = &mut encoded[..] {
+        let (values, lengths) = (std::mem::take(values), std::mem::take(lengths));
+        return Ok((
+            Tensor::from_parts(vec![lengths.len(), (*l).max(1), CHANNELS], values),
+            lengths,
+        ));
+    }
     let l_max = encoded.iter().map(|e| e.2).max().unwrap_or(1).max(1);
     let total: usize = encoded.iter().map(|e| e.1.len()).sum();
     let mut x = vec![0.0; total * l_max * CHANNELS];
@@ -401,11 +410,11 @@ fn top_indices(logits: &[f32], fraction: f64) -> Vec<usize> {
 
 /// One minibatch's bags after sampling and the top-fraction reduction.
 struct Selection {
-    bags: Vec<usize>,
     /// Per bag, the rows of the differentiable pass.
     rows: Vec<Vec<usize>>,
-    /// Per bag, the gradient-free logit of every row that was ranked, by row.
-    ranked: Vec<(Vec<usize>, Vec<f32>)>,
+    /// Per bag, the gradient-free logit of every row drawn, in draw order
+    /// (in evaluation every row, so the index is the row).
+    ranked: Vec<Vec<f32>>,
 }
 
 fn select(
@@ -416,7 +425,7 @@ fn select(
     bags: &[usize],
     rng: Option<&mut SmallRng>,
 ) -> Result<Selection> {
-    let mut sel = Selection { bags: bags.to_vec(), rows: vec![], ranked: vec![] };
+    let mut sel = Selection { rows: vec![], ranked: vec![] };
     let mut rng = rng;
     for &bag in bags {
         let n = data.dataset.repertoires[bag].len();
@@ -427,14 +436,19 @@ fn select(
         let logits = rank_logits(model, store, data, cfg, bag, &candidates)?;
         let top = top_indices(&logits, cfg.top_fraction);
         sel.rows.push(top.iter().map(|&i| candidates[i]).collect());
-        sel.ranked.push((candidates, logits));
+        sel.ranked.push(logits);
     }
     Ok(sel)
 }
 
-fn batch_of(data: &RepertoireData, cfg: &DeepRcTrainConfig, sel: &Selection) -> Result<BagBatch> {
+fn batch_of(
+    data: &RepertoireData,
+    cfg: &DeepRcTrainConfig,
+    bags: &[usize],
+    sel: &Selection,
+) -> Result<BagBatch> {
     let parts: Vec<(usize, &[usize])> =
-        sel.bags.iter().zip(&sel.rows).map(|(&b, r)| (b, r.as_slice())).collect();
+        bags.iter().zip(&sel.rows).map(|(&b, r)| (b, r.as_slice())).collect();
     let (x, lengths) = encode_bags(data, cfg.log_counts, &parts)?;
     Ok(BagBatch { x, lengths, bag_sizes: sel.rows.iter().map(Vec::len).collect() })
 }
@@ -489,7 +503,7 @@ pub fn evaluate(
     let mut recovery = Recovery::default();
     for chunk in bags.chunks(cfg.batch) {
         let sel = select(model, store, data, cfg, chunk, None)?;
-        let batch = batch_of(data, cfg, &sel)?;
+        let batch = batch_of(data, cfg, chunk, &sel)?;
         let mut tape = Tape::inference(store);
         let out = model.forward(&mut tape, &batch, &attention_config(cfg, false, 0))?;
         for s in tape.attention_stats() {
@@ -507,7 +521,7 @@ pub fn evaluate(
         }
         if let Some(truth) = &data.implanted {
             for (j, &bag) in chunk.iter().enumerate() {
-                score_recovery(&mut recovery, &truth[bag], &sel.ranked[j].1, &sel.rows[j]);
+                score_recovery(&mut recovery, &truth[bag], &sel.ranked[j], sel.rows[j].len());
             }
         }
     }
@@ -532,9 +546,9 @@ pub fn evaluate(
 }
 
 /// Adds one bag to `acc`; `logits` are over every row of the bag (row i at
-/// index i, as evaluation ranks the whole bag), `kept` the rows of the
-/// differentiable pass.
-fn score_recovery(acc: &mut Recovery, implanted: &[usize], logits: &[f32], kept: &[usize]) {
+/// index i, as evaluation ranks the whole bag); the differentiable pass
+/// took the `kept` highest of them.
+fn score_recovery(acc: &mut Recovery, implanted: &[usize], logits: &[f32], kept: usize) {
     if implanted.is_empty() || logits.is_empty() {
         return;
     }
@@ -545,7 +559,7 @@ fn score_recovery(acc: &mut Recovery, implanted: &[usize], logits: &[f32], kept:
     }
     let k = implanted.len();
     let hits = implanted.iter().filter(|&&i| rank[i] < k).count();
-    let kept_hits = implanted.iter().filter(|i| kept.contains(i)).count();
+    let kept_hits = implanted.iter().filter(|&&i| rank[i] < kept).count();
     acc.bags += 1;
     acc.precision_at_k += hits as f64 / k as f64;
     acc.recall_in_top += kept_hits as f64 / k as f64;
@@ -750,7 +764,7 @@ pub fn training_step(
     (step, seed): (u64, u64),
 ) -> Result<StepOutcome> {
     let sel = select(model, store, data, cfg, bags, Some(rng))?;
-    let batch = batch_of(data, cfg, &sel)?;
+    let batch = batch_of(data, cfg, bags, &sel)?;
     let targets: Vec<f32> =
         bags.iter().map(|&b| if data.dataset.labels[b] { 1.0 } else { 0.0 }).collect();
     let mut tape = Tape::new(store);
@@ -902,13 +916,13 @@ mod tests {
         // differentiable pass.
         let logits = [0.9, 0.1, -0.5, 1.5, 0.3];
         let mut acc = Recovery::default();
-        score_recovery(&mut acc, &[3, 1], &logits, &[3, 0]);
+        score_recovery(&mut acc, &[3, 1], &logits, 2);
         assert_eq!(acc.bags, 1);
         assert_eq!(acc.precision_at_k, 0.5);
         assert_eq!(acc.recall_in_top, 0.5);
         assert_eq!(acc.rank_fractions, [0.0, 0.6]);
         // A negative bag (nothing implanted) is not scored.
-        score_recovery(&mut acc, &[], &logits, &[3]);
+        score_recovery(&mut acc, &[], &logits, 1);
         assert_eq!(acc.bags, 1);
     }
 }
