@@ -49,6 +49,7 @@
 // ties are the forward's exactly.
 #include "common.cuh"
 #include "philox.cuh"
+#include "scores.cuh"
 
 #if LWPF_TILE_Q != LWPF_TILE_K
 #error "the backward stages Q, dO, K and V tiles of one row count"
@@ -60,11 +61,11 @@
 #define BWD_THREADS_PER_ROW (LWPF_THREADS / BWD_ROWS)
 #define BWD_ENTRIES (LWPF_TILE_K / BWD_THREADS_PER_ROW)
 
-// The tiles of one block, for D, Dv <= MAX_D. Rows are one float longer than
-// the widest row, so that consecutive rows start in different banks. The
-// kernels are built for MAX_D = LWPF_BWD_NARROW_D and LWPF_BWD_MAX_D
-// (params.h says why two).
-template <int MAX_D>
+// The tiles of one block, for D, Dv <= MAX_D and inputs of type T. Rows are
+// one float longer than the widest row, so that consecutive rows start in
+// different banks. The kernels are built for MAX_D = LWPF_BWD_NARROW_D and
+// LWPF_BWD_MAX_D (params.h says why two).
+template <int MAX_D, class T>
 struct BackwardSmem {
     // Query tile: Q [32, D] and dO [32, Dv]; key tile: K [32, D], V [32, Dv].
     float q[BWD_ROWS][MAX_D + 1];
@@ -74,40 +75,45 @@ struct BackwardSmem {
     // W and dS (before beta) of the entry tile [query row][key].
     float w[BWD_ROWS][LWPF_TILE_K + 1];
     float ds[BWD_ROWS][LWPF_TILE_K + 1];
+    // The score tile from the tensor cores (unused, one row, on f32 inputs).
+    float s[ScoresOnTensorCores<T>::value ? BWD_ROWS : 1][LWPF_TILE_K + 1];
     // lse and Delta of the query rows (-inf and 0 past Nq), key validity.
     float lse[BWD_ROWS];
     float delta[BWD_ROWS];
     unsigned char valid[LWPF_TILE_K];
 };
 
-static_assert(sizeof(BackwardSmem<LWPF_BWD_NARROW_D>) <= 48 * 1024,
+static_assert(sizeof(BackwardSmem<LWPF_BWD_NARROW_D, LwpfBf16>) <= 48 * 1024,
               "the narrow tiles must fit the static shared memory of a block");
-static_assert(sizeof(BackwardSmem<LWPF_BWD_MAX_D>) == LWPF_BWD_WIDE_SMEM,
-              "LWPF_BWD_WIDE_SMEM must be the wide tiles' size: the host launches with it");
+static_assert(sizeof(BackwardSmem<LWPF_BWD_MAX_D, LwpfBf16>) == LWPF_BWD_WIDE_SMEM,
+              "LWPF_BWD_WIDE_SMEM must be the widest tiles' size: the host launches with it");
+static_assert(sizeof(BackwardSmem<LWPF_BWD_MAX_D, float>) <= LWPF_BWD_WIDE_SMEM,
+              "the f32 wide tiles must fit what the host launches with");
 
-// The block's tiles: static shared memory for the narrow build (42 KB),
-// dynamic for the wide one (73 KB, past the 48 KB a static array may have).
-template <int MAX_D>
-__device__ __forceinline__ BackwardSmem<MAX_D> &backward_smem() {
+// The block's tiles: static shared memory for the narrow build (42 KB, 46 KB
+// with the tensor-core score tile), dynamic for the wide one (73 KB or 77 KB,
+// past the 48 KB a static array may have).
+template <int MAX_D, class T>
+__device__ __forceinline__ BackwardSmem<MAX_D, T> &backward_smem() {
     if constexpr (MAX_D <= LWPF_BWD_NARROW_D) {
-        __shared__ BackwardSmem<MAX_D> sm;
+        __shared__ BackwardSmem<MAX_D, T> sm;
         return sm;
     } else {
-        void *base = dynamic_smem(sizeof(BackwardSmem<MAX_D>));
-        return *static_cast<BackwardSmem<MAX_D> *>(base);
+        void *base = dynamic_smem(sizeof(BackwardSmem<MAX_D, T>));
+        return *static_cast<BackwardSmem<MAX_D, T> *>(base);
     }
 }
 
 // Rows r0 .. r0 + 32 of a [n, width] row-major matrix into a tile of rows
-// LD - 1 wide; zeros past n rows or width columns.
-template <int LD>
-__device__ __forceinline__ void stage_rows(float (*dst)[LD], const float *src, int r0, int n,
+// LD - 1 wide, as f32; zeros past n rows or width columns.
+template <int LD, class T>
+__device__ __forceinline__ void stage_rows(float (*dst)[LD], const T *src, int r0, int n,
                                            int width) {
     constexpr int max_d = LD - 1;
     for (int idx = threadIdx.x; idx < BWD_ROWS * max_d; idx += LWPF_THREADS) {
         const int row = idx / max_d, col = idx % max_d;
         const bool in = r0 + row < n && col < width;
-        dst[row][col] = in ? src[(u64)(r0 + row) * width + col] : 0.0f;
+        dst[row][col] = in ? load_f32(src, (u64)(r0 + row) * width + col) : 0.0f;
     }
 }
 
@@ -138,9 +144,12 @@ __device__ __forceinline__ void stage_valid(const LwpfBackwardParams &p, Smem &s
 // (NEED_W) and dS (NEED_DS) to shared memory; returns the thread's part of
 // its row's gradient reaching b (NEED_GB). Empty rows (lse = -inf), rows past
 // Nq and padded keys get W = dS = 0: they pass no gradient anywhere.
-template <bool NEED_W, bool NEED_DS, bool NEED_GB, class Smem>
-__device__ __forceinline__ float entry_tile(const LwpfBackwardParams &p, Smem &sm, int bh, int i0,
-                                            int j0, float share) {
+//
+// Must be called by every thread of the block, with a barrier between
+// calls: the tensor-core path exchanges the score tile through sm.s.
+template <bool NEED_W, bool NEED_DS, bool NEED_GB, int MAX_D, class T>
+__device__ __forceinline__ float entry_tile(const LwpfBackwardParams &p, BackwardSmem<MAX_D, T> &sm,
+                                            int bh, int i0, int j0, float share) {
     const int t = threadIdx.x;
     const int r = t / BWD_THREADS_PER_ROW;
     const int c0 = (t % BWD_THREADS_PER_ROW) * BWD_ENTRIES;
@@ -151,17 +160,30 @@ __device__ __forceinline__ float entry_tile(const LwpfBackwardParams &p, Smem &s
 
     // Scores, bit for bit as score_tile computes them.
     float s[BWD_ENTRIES];
-    for (int u = 0; u < BWD_ENTRIES; ++u) {
-        s[u] = 0.0f;
-    }
-    for (int dd = 0; dd < p.d; ++dd) {
-        const float qv = sm.q[r][dd];
-        for (int u = 0; u < BWD_ENTRIES; ++u) {
-            s[u] = fmaf(qv, sm.k[c0 + u][dd], s[u]);
+    if constexpr (ScoresOnTensorCores<T>::value) {
+        MmaScoreAcc acc;
+        mma_score_zero(acc);
+        for (int k0 = 0; k0 < p.d; k0 += 8) {
+            mma_score_step(sm.q, sm.k, k0, acc);
         }
-    }
-    for (int u = 0; u < BWD_ENTRIES; ++u) {
-        s[u] = __fmul_rn(p.beta, s[u]);
+        mma_score_store(acc, p.beta, sm.s);
+        __syncthreads();
+        for (int u = 0; u < BWD_ENTRIES; ++u) {
+            s[u] = sm.s[r][c0 + u];
+        }
+    } else {
+        for (int u = 0; u < BWD_ENTRIES; ++u) {
+            s[u] = 0.0f;
+        }
+        for (int dd = 0; dd < p.d; ++dd) {
+            const float qv = sm.q[r][dd];
+            for (int u = 0; u < BWD_ENTRIES; ++u) {
+                s[u] = fmaf(qv, sm.k[c0 + u][dd], s[u]);
+            }
+        }
+        for (int u = 0; u < BWD_ENTRIES; ++u) {
+            s[u] = __fmul_rn(p.beta, s[u]);
+        }
     }
 
     // dP = dO V^T; the center pass needs it only for forgotten entries that
@@ -241,11 +263,11 @@ extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
 
 // The two kernels that walk the key tiles of one query tile: the per-row
 // gradient reaching b (CENTER) or dQ.
-template <bool CENTER, int MAX_D>
+template <bool CENTER, int MAX_D, class T>
 __device__ __forceinline__ void query_tile_pass(const LwpfBackwardParams &p) {
     // Columns of a D-wide accumulator row that each thread owns.
     constexpr int acc_n = MAX_D / BWD_THREADS_PER_ROW;
-    BackwardSmem<MAX_D> &sm = backward_smem<MAX_D>();
+    BackwardSmem<MAX_D, T> &sm = backward_smem<MAX_D, T>();
     // The four partial sums of each row's gradient reaching b.
     __shared__ float row_gb[BWD_ROWS][BWD_THREADS_PER_ROW];
 
@@ -256,11 +278,11 @@ __device__ __forceinline__ void query_tile_pass(const LwpfBackwardParams &p) {
     const int b_item = bh / p.heads;
     const int r = t / BWD_THREADS_PER_ROW;
     const int col0 = t % BWD_THREADS_PER_ROW;
-    const float *k_head = p.k_ptr + (u64)bh * p.n_k * p.d;
-    const float *v_head = p.v_ptr + (u64)bh * p.n_k * p.d_v;
+    const T *k_head = static_cast<const T *>(p.k_ptr) + (u64)bh * p.n_k * p.d;
+    const T *v_head = static_cast<const T *>(p.v_ptr) + (u64)bh * p.n_k * p.d_v;
     const float share = (!CENTER && p.center_gradient) ? p.center_ptr->share : 0.0f;
 
-    stage_rows(sm.q, p.q_ptr + (u64)bh * p.n_q * p.d, i0, p.n_q, p.d);
+    stage_rows(sm.q, static_cast<const T *>(p.q_ptr) + (u64)bh * p.n_q * p.d, i0, p.n_q, p.d);
     stage_rows(sm.g, p.do_ptr + (u64)bh * p.n_q * p.d_v, i0, p.n_q, p.d_v);
     stage_row_stats(p, sm, bh, i0);
 
@@ -345,11 +367,11 @@ extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
 
 // The kernel that walks the query tiles of one key tile: dK, dV (and dQ by
 // atomics).
-template <int MAX_D>
+template <int MAX_D, class T>
 __device__ __forceinline__ void key_tile_pass(const LwpfBackwardParams &p) {
     // Columns of a D- or Dv-wide accumulator row that each thread owns.
     constexpr int acc_n = MAX_D / BWD_THREADS_PER_ROW;
-    BackwardSmem<MAX_D> &sm = backward_smem<MAX_D>();
+    BackwardSmem<MAX_D, T> &sm = backward_smem<MAX_D, T>();
 
     const int t = threadIdx.x;
     const int k_tiles = ceil_div(p.n_k, LWPF_TILE_K);
@@ -360,12 +382,12 @@ __device__ __forceinline__ void key_tile_pass(const LwpfBackwardParams &p) {
     // query tile) and the columns col0 + 4 e.
     const int kk = t / BWD_THREADS_PER_ROW;
     const int col0 = t % BWD_THREADS_PER_ROW;
-    const float *q_head = p.q_ptr + (u64)bh * p.n_q * p.d;
+    const T *q_head = static_cast<const T *>(p.q_ptr) + (u64)bh * p.n_q * p.d;
     const float *do_head = p.do_ptr + (u64)bh * p.n_q * p.d_v;
     const float share = p.center_gradient ? p.center_ptr->share : 0.0f;
 
-    stage_rows(sm.k, p.k_ptr + (u64)bh * p.n_k * p.d, j0, p.n_k, p.d);
-    stage_rows(sm.v, p.v_ptr + (u64)bh * p.n_k * p.d_v, j0, p.n_k, p.d_v);
+    stage_rows(sm.k, static_cast<const T *>(p.k_ptr) + (u64)bh * p.n_k * p.d, j0, p.n_k, p.d);
+    stage_rows(sm.v, static_cast<const T *>(p.v_ptr) + (u64)bh * p.n_k * p.d_v, j0, p.n_k, p.d_v);
     stage_valid(p, sm, b_item, j0);
 
     float acc_dk[acc_n], acc_dv[acc_n];
@@ -431,35 +453,36 @@ __device__ __forceinline__ void key_tile_pass(const LwpfBackwardParams &p) {
     }
 }
 
-// The entries of both builds, named <kernel>_d<MAX_D>. Grids: one block per
-// (b * H + h, query tile) for center and dq, per (b * H + h, key tile) for
-// dkdv. The d128 ones need LWPF_BWD_WIDE_SMEM bytes of dynamic shared memory.
-extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
-    lwpf_backward_center_f32_d64(LwpfBackwardParams p) {
-    query_tile_pass<true, LWPF_BWD_NARROW_D>(p);
-}
+// The entries of both builds and every input type, named
+// <kernel>_<type>_d<MAX_D>. Grids: one block per (b * H + h, query tile) for
+// center and dq, per (b * H + h, key tile) for dkdv. The d128 ones need
+// LWPF_BWD_WIDE_SMEM bytes of dynamic shared memory.
+#define LWPF_BACKWARD_ENTRIES(NAME, T)                                                          \
+    extern "C" __global__ void __launch_bounds__(LWPF_THREADS)                                 \
+        lwpf_backward_center_##NAME##_d64(LwpfBackwardParams p) {                              \
+        query_tile_pass<true, LWPF_BWD_NARROW_D, T>(p);                                        \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(LWPF_THREADS)                                 \
+        lwpf_backward_center_##NAME##_d128(LwpfBackwardParams p) {                             \
+        query_tile_pass<true, LWPF_BWD_MAX_D, T>(p);                                           \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(LWPF_THREADS)                                 \
+        lwpf_backward_dq_##NAME##_d64(LwpfBackwardParams p) {                                  \
+        query_tile_pass<false, LWPF_BWD_NARROW_D, T>(p);                                       \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(LWPF_THREADS)                                 \
+        lwpf_backward_dq_##NAME##_d128(LwpfBackwardParams p) {                                 \
+        query_tile_pass<false, LWPF_BWD_MAX_D, T>(p);                                          \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(LWPF_THREADS)                                 \
+        lwpf_backward_dkdv_##NAME##_d64(LwpfBackwardParams p) {                                \
+        key_tile_pass<LWPF_BWD_NARROW_D, T>(p);                                                \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(LWPF_THREADS)                                 \
+        lwpf_backward_dkdv_##NAME##_d128(LwpfBackwardParams p) {                               \
+        key_tile_pass<LWPF_BWD_MAX_D, T>(p);                                                   \
+    }
 
-extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
-    lwpf_backward_center_f32_d128(LwpfBackwardParams p) {
-    query_tile_pass<true, LWPF_BWD_MAX_D>(p);
-}
-
-extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
-    lwpf_backward_dq_f32_d64(LwpfBackwardParams p) {
-    query_tile_pass<false, LWPF_BWD_NARROW_D>(p);
-}
-
-extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
-    lwpf_backward_dq_f32_d128(LwpfBackwardParams p) {
-    query_tile_pass<false, LWPF_BWD_MAX_D>(p);
-}
-
-extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
-    lwpf_backward_dkdv_f32_d64(LwpfBackwardParams p) {
-    key_tile_pass<LWPF_BWD_NARROW_D>(p);
-}
-
-extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
-    lwpf_backward_dkdv_f32_d128(LwpfBackwardParams p) {
-    key_tile_pass<LWPF_BWD_MAX_D>(p);
-}
+LWPF_BACKWARD_ENTRIES(f32, float)
+LWPF_BACKWARD_ENTRIES(bf16, LwpfBf16)
+LWPF_BACKWARD_ENTRIES(f16, LwpfF16)

@@ -4,7 +4,10 @@
 // the key tiles; for each it recomputes the scores (score_tile), applies the
 // forgetting function (kept iff s > z), the key padding mask and dropout, and
 // folds the tile into per-row running statistics with the online softmax.
-// Nothing of size Nq x Nk is stored.
+// Nothing of size Nq x Nk is stored. Q, K and V are f32, bf16 or fp16 (one
+// entry each, lwpf_forward_<type>); they are staged as f32, the 16-bit ones'
+// scores come from the tensor cores (scores.cuh), and all statistics, the
+// value product and O are f32.
 //
 // Forgotten entries all have the same value b, so they are kept apart from
 // the running maximum of the kept scores: a row counts them (c) and, when they
@@ -24,7 +27,9 @@
 
 #define LWPF_ACC_PER_THREAD (LWPF_MAX_DV / LWPF_THREADS_PER_ROW)
 
-extern "C" __global__ void __launch_bounds__(LWPF_THREADS) lwpf_forward_f32(LwpfForwardParams p) {
+// T is the element type of Q, K and V.
+template <class T>
+__device__ __forceinline__ void forward(const LwpfForwardParams &p) {
     __shared__ ScoreSmem sm;
     // Scores of the current tile [TILE_Q, TILE_K], the tile's values
     // [TILE_K, Dv] and which of its keys are real.
@@ -40,9 +45,9 @@ extern "C" __global__ void __launch_bounds__(LWPF_THREADS) lwpf_forward_f32(Lwpf
     const int r = tile_row(t);
     const int row = i0 + r;
     const int col0 = t % LWPF_THREADS_PER_ROW;
-    const float *q_head = p.q_ptr + (u64)bh * p.n_q * p.d;
-    const float *k_head = p.k_ptr + (u64)bh * p.n_k * p.d;
-    const float *v_head = p.v_ptr + (u64)bh * p.n_k * p.d_v;
+    const T *q_head = static_cast<const T *>(p.q_ptr) + (u64)bh * p.n_q * p.d;
+    const T *k_head = static_cast<const T *>(p.k_ptr) + (u64)bh * p.n_k * p.d;
+    const T *v_head = static_cast<const T *>(p.v_ptr) + (u64)bh * p.n_k * p.d_v;
     const float z = p.threshold_ptr->z;
     const float bias = p.threshold_ptr->b;
     const bool dropout = p.dropout_p > 0.0f;
@@ -76,7 +81,7 @@ extern "C" __global__ void __launch_bounds__(LWPF_THREADS) lwpf_forward_f32(Lwpf
         }
         for (int idx = t; idx < LWPF_TILE_K * p.d_v; idx += LWPF_THREADS) {
             int j = idx / p.d_v, c = idx % p.d_v;
-            v_tile[j][c] = j < tk ? v_head[(u64)(j0 + j) * p.d_v + c] : 0.0f;
+            v_tile[j][c] = j < tk ? load_f32(v_head, (u64)(j0 + j) * p.d_v + c) : 0.0f;
         }
         for (int j = t; j < LWPF_TILE_K; j += LWPF_THREADS) {
             valid_tile[j] = j < tk && key_is_valid(p.valid_ptr, p.n_k, b_item, j0 + j);
@@ -169,4 +174,16 @@ extern "C" __global__ void __launch_bounds__(LWPF_THREADS) lwpf_forward_f32(Lwpf
         p.lse_ptr[(u64)bh * p.n_q + row] = lse;
         p.forgotten_ptr[(u64)bh * p.n_q + row] = c_forgotten;
     }
+}
+
+extern "C" __global__ void __launch_bounds__(LWPF_THREADS) lwpf_forward_f32(LwpfForwardParams p) {
+    forward<float>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(LWPF_THREADS) lwpf_forward_bf16(LwpfForwardParams p) {
+    forward<LwpfBf16>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(LWPF_THREADS) lwpf_forward_f16(LwpfForwardParams p) {
+    forward<LwpfF16>(p);
 }

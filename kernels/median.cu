@@ -22,9 +22,10 @@ __device__ __forceinline__ int radix_shift(int pass) {
 }
 __device__ __forceinline__ int radix_bits(int pass) { return pass == 2 ? 10 : 11; }
 
-// Grid: one block per (b * H + h, query tile), LWPF_THREADS threads.
-extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
-    lwpf_median_hist_f32(LwpfMedianParams p) {
+// Grid: one block per (b * H + h, query tile), LWPF_THREADS threads. T is
+// the element type of Q and K.
+template <class T>
+__device__ __forceinline__ void median_hist(const LwpfMedianParams &p) {
     __shared__ ScoreSmem sm;
     // Per-block counts fit 32 bits (a block sees TILE_Q * Nk scores); the
     // call's counts are 64-bit.
@@ -35,8 +36,8 @@ extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
     const int bh = blockIdx.x / q_tiles;
     const int i0 = (blockIdx.x % q_tiles) * LWPF_TILE_Q;
     const int b = bh / p.heads;
-    const float *q_head = p.q_ptr + (u64)bh * p.n_q * p.d;
-    const float *k_head = p.k_ptr + (u64)bh * p.n_k * p.d;
+    const T *q_head = static_cast<const T *>(p.q_ptr) + (u64)bh * p.n_q * p.d;
+    const T *k_head = static_cast<const T *>(p.k_ptr) + (u64)bh * p.n_k * p.d;
 
     const int shift = radix_shift(p.pass);
     const unsigned digit_mask = (1u << radix_bits(p.pass)) - 1;
@@ -72,6 +73,21 @@ extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
             atomicAdd(&p.state_ptr->hist[i], (unsigned long long)hist[i]);
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
+    lwpf_median_hist_f32(LwpfMedianParams p) {
+    median_hist<float>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
+    lwpf_median_hist_bf16(LwpfMedianParams p) {
+    median_hist<LwpfBf16>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(LWPF_THREADS)
+    lwpf_median_hist_f16(LwpfMedianParams p) {
+    median_hist<LwpfF16>(p);
 }
 
 // Grid: one block of LWPF_THREADS threads. Finds the bucket of this pass's

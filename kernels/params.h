@@ -58,11 +58,13 @@ typedef struct LwpfMedianState {
     LwpfThreshold threshold;
 } LwpfMedianState;
 
-/* One pass of the median: histogram (lwpf_median_hist_f32) or selection
+/* One pass of the median: histogram (lwpf_median_hist_<type>) or selection
  * (lwpf_median_select). */
 typedef struct LwpfMedianParams {
-    const float *q_ptr;
-    const float *k_ptr;
+    /* Q and K of the kernel's element type: f32, bf16 or fp16 (the entry's
+     * name says which). */
+    const void *q_ptr;
+    const void *k_ptr;
     /* [B, Nk], 1 = a real key; NULL = all real. */
     const unsigned char *valid_ptr;
     LwpfMedianState *state_ptr;
@@ -83,11 +85,12 @@ typedef struct LwpfMedianParams {
     float bias_value;
 } LwpfMedianParams;
 
-/* The fused forward pass. */
+/* The fused forward pass (lwpf_forward_<type>). */
 typedef struct LwpfForwardParams {
-    const float *q_ptr;
-    const float *k_ptr;
-    const float *v_ptr;
+    /* Q, K and V of the kernel's element type; everything else is f32. */
+    const void *q_ptr;
+    const void *k_ptr;
+    const void *v_ptr;
     /* [B, Nk], 1 = a real key; NULL = all real. */
     const unsigned char *valid_ptr;
     const LwpfThreshold *threshold_ptr;
@@ -115,15 +118,17 @@ typedef struct LwpfForwardParams {
  * dO [32, D or Dv] sit whole in shared memory, so its tiled kernels are built
  * twice and the host picks the narrower build that holds D and Dv:
  * - D, Dv <= LWPF_BWD_NARROW_D: 4 x 32 x 65 floats and the entry tiles,
- *   42016 bytes of static shared memory (a block may have 48 KB that way);
- * - D, Dv <= LWPF_BWD_MAX_D: 4 x 32 x 129 floats and the entry tiles,
- *   LWPF_BWD_WIDE_SMEM bytes, past 48 KB: dynamic shared memory, which the
- *   host passes at launch after raising the function's
+ *   42016 bytes of static shared memory (46240 with the score tile of the
+ *   bf16 and fp16 builds; a block may have 48 KB that way);
+ * - D, Dv <= LWPF_BWD_MAX_D: 4 x 32 x 129 floats and the entry tiles, at
+ *   most LWPF_BWD_WIDE_SMEM bytes (the bf16 and fp16 builds; f32 needs
+ *   74784), past 48 KB: dynamic shared memory, which the host passes at
+ *   launch after raising the function's
  *   CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES to it once.
- * kernels/backward.cu asserts both sizes at compile time. */
+ * kernels/backward.cu asserts the sizes at compile time. */
 #define LWPF_BWD_NARROW_D 64
 #define LWPF_BWD_MAX_D 128
-#define LWPF_BWD_WIDE_SMEM 74784
+#define LWPF_BWD_WIDE_SMEM 79008
 
 /* The center gradient of a call (SPEC section 5), in device memory: written
  * by lwpf_backward_center_reduce, read by the kernels that form dS. */
@@ -137,9 +142,11 @@ typedef struct LwpfCenterGrad {
 
 /* The fused backward pass: one struct for all its kernels. */
 typedef struct LwpfBackwardParams {
-    const float *q_ptr;
-    const float *k_ptr;
-    const float *v_ptr;
+    /* Q, K and V of the tiled kernels' element type; O, dO and every
+     * gradient are f32. */
+    const void *q_ptr;
+    const void *k_ptr;
+    const void *v_ptr;
     /* [B, Nk], 1 = a real key; NULL = all real. */
     const unsigned char *valid_ptr;
     /* The forward's O [B, H, Nq, Dv] and lse [B, H, Nq], and dO. */

@@ -22,6 +22,10 @@ pub enum Error {
     #[error("{tensor} holds a non-finite value ({value}) at flat index {index}")]
     NonFinite { tensor: &'static str, index: usize, value: f32 },
 
+    /// A tensor holds a value that the call's precision cannot hold.
+    #[error("{tensor} holds {value} at flat index {index}, beyond the range of {precision}")]
+    OutOfRange { tensor: &'static str, index: usize, value: f32, precision: &'static str },
+
     /// An option is outside its allowed range.
     #[error("invalid {name}: {value} ({reason})")]
     InvalidOption { name: &'static str, value: String, reason: &'static str },

@@ -54,11 +54,28 @@ fn cuda_forward(input: &AttentionInput, cfg: &AttentionConfig) -> lwpf::Result<l
 #[cfg(feature = "cuda")]
 mod on_gpu {
     use super::*;
+    use lwpf::op::Precision;
 
     #[test]
     fn mma_wrapper_matches_loops() {
         if gpu("mma_wrapper_matches_loops") {
             kernel_checks::mma_matches_loops(cuda::selftest_mma);
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_loads_match_half() {
+        if gpu("sixteen_bit_loads_match_half") {
+            kernel_checks::conversions_match_half(cuda::selftest_convert);
+        }
+    }
+
+    #[test]
+    fn forward_in_bf16_and_f16_matches_reference() {
+        if gpu("forward_in_bf16_and_f16_matches_reference") {
+            for p in [Precision::Bf16, Precision::F16] {
+                kernel_checks::forward_in_precision(cuda_forward, p);
+            }
         }
     }
 

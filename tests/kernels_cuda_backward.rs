@@ -72,6 +72,7 @@ fn cuda_atomic(
 mod on_gpu {
     use super::*;
     use backward_checks::*;
+    use lwpf::op::Precision;
 
     fn shapes() -> Vec<Shape> {
         let mut s = ragged_backward_shapes();
@@ -86,6 +87,14 @@ mod on_gpu {
     fn backward_matches_reference_on_option_matrix() {
         if gpu("backward_matches_reference_on_option_matrix") {
             backward_matches_reference(cuda_forward, cuda_backward, &shapes());
+        }
+    }
+
+    #[test]
+    fn backward_in_bf16_and_f16_matches_reference() {
+        if gpu("backward_in_bf16_and_f16_matches_reference") {
+            backward_in_precision(cuda_forward, cuda_backward, Precision::Bf16);
+            backward_in_precision(cuda_forward, cuda_atomic, Precision::F16);
         }
     }
 

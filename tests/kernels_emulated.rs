@@ -6,7 +6,9 @@
 mod common;
 mod kernel_checks;
 
+use common::*;
 use lwpf::op::kernels::emulated::{self, selftest};
+use lwpf::op::{AttentionConfig, AttentionInput, Forgetting, Pfu, Precision, Shape};
 
 // ---- The emulation's own pieces ----------------------------------------------
 
@@ -82,6 +84,11 @@ fn mma_wrapper_matches_loops() {
     kernel_checks::mma_matches_loops(|w, a, b, c| Ok(selftest::mma(w, a, b, c)));
 }
 
+#[test]
+fn sixteen_bit_loads_match_half() {
+    kernel_checks::conversions_match_half(|b| Ok(selftest::convert(b)));
+}
+
 // ---- The kernels ---------------------------------------------------------------
 
 #[test]
@@ -105,4 +112,56 @@ fn rows_with_every_key_forgotten() {
 #[test]
 fn dropout_mask_is_philox_bit_for_bit() {
     kernel_checks::dropout_mask_is_philox(emulated::forward);
+}
+
+#[test]
+fn forward_in_bf16_matches_reference() {
+    kernel_checks::forward_in_precision(emulated::forward, Precision::Bf16);
+}
+
+#[test]
+fn forward_in_f16_matches_reference() {
+    kernel_checks::forward_in_precision(emulated::forward, Precision::F16);
+}
+
+/// The emulated mma adds its products in the order of the CUDA cores' fmaf
+/// chain, so on continuous inputs the 16-bit kernels (tensor-core scores,
+/// 16-bit loads) must give the f32 kernels' bits on the rounded inputs:
+/// median, threshold, counts, O and lse. On a GPU the tensor cores may round
+/// their sums otherwise; there the dyadic checks above hold instead.
+#[test]
+fn sixteen_bit_forward_gives_the_f32_bits_on_rounded_inputs() {
+    let seed = run_seed("16-bit forward bits");
+    let mut r = rng(seed);
+    let shape = Shape { d_v: 9, ..Shape::new(2, 1, 37, 45, 36) };
+    let (q, k, v) = (
+        uniform(&mut r, shape.q_len()),
+        uniform(&mut r, shape.k_len()),
+        uniform(&mut r, shape.v_len()),
+    );
+    let m = mask(&mut r, shape.batch, shape.n_k, false);
+    for precision in [Precision::Bf16, Precision::F16] {
+        let round = |x: &[f32]| x.iter().map(|&a| precision.round(a)).collect::<Vec<_>>();
+        let (qr, kr, vr) = (round(&q), round(&k), round(&v));
+        let input = AttentionInput { q: &q, k: &k, v: &v, valid: Some(&m), shape };
+        let rounded = AttentionInput { q: &qr, k: &kr, v: &vr, valid: Some(&m), shape };
+        for forgetting in [Forgetting::Relu, Forgetting::Pfu(Pfu::median_preset())] {
+            let cfg = AttentionConfig {
+                forgetting,
+                training: true,
+                dropout: 0.2,
+                seed,
+                precision,
+                ..Default::default()
+            };
+            let name = format!("{} {}", precision.name(), forgetting.name());
+            let got = emulated::forward(&input, &cfg).expect("16-bit kernels");
+            let f32_cfg = AttentionConfig { precision: Precision::F32, ..cfg };
+            let want = emulated::forward(&rounded, &f32_cfg).expect("f32 kernels");
+            assert_eq!(got.stats, want.stats, "{name}: statistics");
+            let bits = |x: &[f32]| x.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got.o), bits(&want.o), "{name}: O");
+            assert_eq!(bits(&got.lse), bits(&want.lse), "{name}: lse");
+        }
+    }
 }

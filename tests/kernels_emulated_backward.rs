@@ -6,9 +6,12 @@ mod backward_checks;
 mod common;
 
 use backward_checks::*;
+use common::*;
 use lwpf::op::kernels::backward::{BackwardTiles, DqMode};
 use lwpf::op::kernels::emulated;
-use lwpf::op::{AttentionConfig, AttentionInput, Forward, Grads, Shape};
+use lwpf::op::{
+    AttentionConfig, AttentionInput, Forgetting, Forward, Grads, Pfu, Precision, Shape,
+};
 
 fn deterministic(
     input: &AttentionInput,
@@ -144,4 +147,58 @@ fn narrow_build_refuses_a_wide_call() {
         emulated::backward_with_tiles(&input, &cfg, &f, &g, mode, BackwardTiles::D64).unwrap_err();
     assert!(matches!(e, lwpf::Error::BackendUnavailable { .. }), "{e}");
     assert!(e.to_string().contains("D, Dv <= 64, got D = 8, Dv = 65"), "{e}");
+}
+
+#[test]
+fn backward_in_bf16_matches_reference() {
+    backward_in_precision(emulated::forward, deterministic, Precision::Bf16);
+}
+
+#[test]
+fn backward_in_f16_matches_reference() {
+    backward_in_precision(emulated::forward, atomic, Precision::F16);
+}
+
+/// As the forward's bit test in kernels_emulated.rs: on continuous inputs
+/// the 16-bit backward kernels give the f32 kernels' gradients bit for bit
+/// on the rounded inputs, in the narrow and the wide build.
+#[test]
+fn sixteen_bit_backward_gives_the_f32_bits_on_rounded_inputs() {
+    let seed = run_seed("16-bit backward bits");
+    let mut r = rng(seed);
+    for shape in [Shape { d_v: 9, ..Shape::new(1, 2, 37, 45, 36) }, Shape::new(1, 1, 35, 33, 72)] {
+        let (q, k, v) = (
+            uniform(&mut r, shape.q_len()),
+            uniform(&mut r, shape.k_len()),
+            uniform(&mut r, shape.v_len()),
+        );
+        let g = uniform(&mut r, shape.o_len());
+        for precision in [Precision::Bf16, Precision::F16] {
+            let round = |x: &[f32]| x.iter().map(|&a| precision.round(a)).collect::<Vec<_>>();
+            let (qr, kr, vr) = (round(&q), round(&k), round(&v));
+            let input = AttentionInput { q: &q, k: &k, v: &v, valid: None, shape };
+            let rounded = AttentionInput { q: &qr, k: &kr, v: &vr, valid: None, shape };
+            let cfg = AttentionConfig {
+                forgetting: Forgetting::Pfu(Pfu::median_preset()),
+                drop_forgotten: false,
+                training: true,
+                dropout: 0.2,
+                seed,
+                precision,
+                ..Default::default()
+            };
+            let f32_cfg = AttentionConfig { precision: Precision::F32, ..cfg };
+            let name = format!("{} {shape}", precision.name());
+            let fwd = emulated::forward(&input, &cfg).expect("16-bit forward");
+            let got = deterministic(&input, &cfg, &fwd, &g).expect("16-bit backward");
+            let want = deterministic(&rounded, &f32_cfg, &fwd, &g).expect("f32 backward");
+            let bits = |x: &[f32]| x.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
+            for (t, a, b) in
+                [("dQ", &got.dq, &want.dq), ("dK", &got.dk, &want.dk), ("dV", &got.dv, &want.dv)]
+            {
+                assert_eq!(bits(a), bits(b), "{name}: {t}");
+            }
+            assert!(fwd.stats.at_median > 0, "{name}: the center gradient takes part");
+        }
+    }
 }

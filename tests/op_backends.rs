@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use lwpf::op::{self, AttentionInput, Backend, Forgetting, Pfu, Shape};
+use lwpf::op::{self, AttentionConfig, AttentionInput, Backend, Forgetting, Pfu, Shape};
 
 const TOL: f64 = 1e-5;
 
@@ -160,4 +160,47 @@ fn exact_median_on_both_sides_of_the_budget() {
     let a = op::median::call_median(&input, 0.3, usize::MAX);
     assert_eq!(a, op::median::call_median(&input, 0.3, 0));
     assert_eq!(a, op::median::call_median(&input, 0.3, 1000));
+}
+
+/// Every CPU backend honours the precision by rounding Q, K and V first:
+/// the same bits as the f32 call on the rounded inputs, forward and
+/// backward, and different results from the unrounded f32 call.
+#[test]
+fn cpu_backends_round_inputs_to_the_precision() {
+    use lwpf::op::Precision;
+    let seed = run_seed("cpu precision");
+    let mut r = rng(seed);
+    let shape = Shape::new(2, 2, 9, 13, 8);
+    let (q, k, v) = (
+        uniform(&mut r, shape.q_len()),
+        uniform(&mut r, shape.k_len()),
+        uniform(&mut r, shape.v_len()),
+    );
+    let g = uniform(&mut r, shape.o_len());
+    let input = AttentionInput { q: &q, k: &k, v: &v, valid: None, shape };
+    for precision in [Precision::Bf16, Precision::F16] {
+        let round = |x: &[f32]| x.iter().map(|&a| precision.round(a)).collect::<Vec<_>>();
+        let (qr, kr, vr) = (round(&q), round(&k), round(&v));
+        let rounded = AttentionInput { q: &qr, k: &kr, v: &vr, valid: None, shape };
+        let cfg = AttentionConfig {
+            forgetting: Forgetting::Pfu(Pfu::median_preset()),
+            training: true,
+            seed,
+            precision,
+            ..Default::default()
+        };
+        let f32_cfg = AttentionConfig { precision: Precision::F32, ..cfg };
+        for backend in [Backend::Reference, Backend::Cpu, Backend::Unfused] {
+            let name = format!("{} {}", backend.name(), precision.name());
+            let got = op::forward(&input, &cfg, backend).unwrap();
+            let want = op::forward(&rounded, &f32_cfg, backend).unwrap();
+            assert_eq!(got.o, want.o, "{name}: O");
+            assert_eq!(got.stats, want.stats, "{name}: statistics");
+            let gg = op::backward(&input, &cfg, &got, &g, backend).unwrap();
+            let gw = op::backward(&rounded, &f32_cfg, &want, &g, backend).unwrap();
+            assert_eq!((gg.dq, gg.dk, gg.dv), (gw.dq, gw.dk, gw.dv), "{name}: gradients");
+            let plain = op::forward(&input, &f32_cfg, backend).unwrap();
+            assert_ne!(got.o, plain.o, "{name}: the rounding changes the result");
+        }
+    }
 }

@@ -119,3 +119,30 @@ fn empty_key_sets_give_zero_rows() {
         assert!(g.dq.iter().chain(&g.dk).chain(&g.dv).all(|&x| x == 0.0), "{backend:?}");
     }
 }
+
+/// A value that the call's precision cannot hold is an error naming the
+/// tensor and the precision, on every backend; fp16 ends at 65504.
+#[test]
+fn values_beyond_the_precision_are_an_error() {
+    use lwpf::op::Precision;
+    let s = Shape::new(1, 1, 3, 4, 2);
+    let (q, k, mut v) = (ones(s.q_len()), ones(s.k_len()), ones(s.v_len()));
+    v[5] = 70_000.0;
+    let input = AttentionInput { q: &q, k: &k, v: &v, valid: None, shape: s };
+    let f16 = AttentionConfig { precision: Precision::F16, ..Default::default() };
+    for backend in [Backend::Reference, Backend::Cpu, Backend::Unfused] {
+        let e = op::forward(&input, &f16, backend).unwrap_err();
+        assert!(
+            matches!(e, Error::OutOfRange { tensor: "V", index: 5, precision: "f16", .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("beyond the range of f16"), "{e}");
+    }
+    let e = lwpf::op::kernels::emulated::forward(&input, &f16).unwrap_err();
+    assert!(matches!(e, Error::OutOfRange { tensor: "V", .. }), "{e}");
+    // bf16 has f32's range, and f32 holds it as it is.
+    for precision in [Precision::Bf16, Precision::F32] {
+        let cfg = AttentionConfig { precision, ..Default::default() };
+        assert!(op::forward(&input, &cfg, Backend::Cpu).is_ok(), "{}", precision.name());
+    }
+}

@@ -100,3 +100,14 @@ extern "C" __global__ void lwpf_selftest_mma(const float *a, const float *b, con
         d[warp * 128 + mma_c_row(lane, i) * 8 + mma_c_col(lane, i)] = fd.x[i];
     }
 }
+
+// The loads of the 16-bit input types: out[i] = bf16[i] as f32, out[n + i] =
+// f16[i] as f32, one element per thread.
+extern "C" __global__ void lwpf_selftest_convert(const LwpfBf16 *bf16, const LwpfF16 *f16, int n,
+                                                 float *out) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        out[i] = load_f32(bf16, i);
+        out[n + i] = load_f32(f16, i);
+    }
+}

@@ -3,7 +3,7 @@
 use super::{InitRng, Linear};
 use crate::autograd::{ParamStore, Tape, Var};
 use crate::error::{Error, Result};
-use crate::op::{AttentionConfig, Backend, Forgetting};
+use crate::op::{AttentionConfig, Backend, Forgetting, Precision};
 
 /// timm's `Attention`: a fused `qkv` linear map, the attention op per head,
 /// and an output projection `proj`. Scores are scaled by `1 / sqrt(head_dim)`
@@ -73,6 +73,7 @@ impl SelfAttention {
             dropout: self.attn_drop,
             seed,
             training,
+            precision: Precision::F32,
         };
         let o = tape.attention((q, k, v), None, &cfg, Backend::Cpu)?;
 

@@ -42,7 +42,7 @@ use super::{InitRng, LayerNorm, Linear, trunc_normal};
 use crate::autograd::{ParamId, ParamStore, Tape, Tensor, Var};
 use crate::error::{Error, Result};
 use crate::op::fast::{exp_in_place, max_of};
-use crate::op::{AttentionConfig, Backend, CallStats, Forgetting, Shape, Threshold};
+use crate::op::{AttentionConfig, Backend, CallStats, Forgetting, Precision, Shape, Threshold};
 
 /// Epsilon of the three layer norms (PyTorch's default).
 pub const LAYER_NORM_EPS: f32 = 1e-5;
@@ -477,6 +477,7 @@ impl Hopfield {
             dropout: self.config.dropout,
             seed: final_seed,
             training,
+            precision: Precision::F32,
         };
         let o = tape.attention((q, k, v), valid, &cfg, Backend::Cpu)?;
         let mut calls = calls;
@@ -531,6 +532,7 @@ impl Hopfield {
                 dropout: 0.0,
                 seed: call_seed(seed, t as u64),
                 training,
+                precision: Precision::F32,
             };
             let next = tape.attention((q, k, k), valid, &cfg, Backend::Cpu)?;
             let stats = tape.attention_stats().last().copied();

@@ -88,6 +88,67 @@ impl Forgetting {
     }
 }
 
+/// The number format Q, K and V are held in for the call. Every backend
+/// rounds them to it (to nearest, ties to even) before any arithmetic, so
+/// all backends see the same inputs; scores, softmax statistics, outputs and
+/// gradients stay f32 (f64 in the reference). Gradients are those of the
+/// rounded inputs, passed to the f32 ones unchanged.
+///
+/// The CUDA kernels read bf16 and fp16 inputs as 16-bit words (half the
+/// bytes of f32) and form their scores on tensor cores; f32 inputs keep
+/// exact f32 scores on the CUDA cores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Precision {
+    /// Every precision, f32 first.
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::Bf16, Precision::F16];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
+
+    /// `x` rounded to this precision, as an f32 (exactly representable).
+    #[inline]
+    pub fn round(self, x: f32) -> f32 {
+        match self {
+            Precision::F32 => x,
+            Precision::Bf16 => half::bf16::from_f32(x).to_f32(),
+            Precision::F16 => half::f16::from_f32(x).to_f32(),
+        }
+    }
+
+    /// The 16-bit word of `x` rounded to this precision (`None` for f32).
+    #[inline]
+    pub fn bits(self, x: f32) -> Option<u16> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(half::bf16::from_f32(x).to_bits()),
+            Precision::F16 => Some(half::f16::from_f32(x).to_bits()),
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown precision {s:?} (f32, bf16 or f16)"))
+    }
+}
+
 /// Everything about one call of the op except its tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AttentionConfig {
@@ -104,6 +165,10 @@ pub struct AttentionConfig {
     pub seed: u64,
     /// Training mode: stochastic threshold and dropout.
     pub training: bool,
+    /// The number format of Q, K and V (configurations saved before it
+    /// existed read as f32).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl Default for AttentionConfig {
@@ -115,6 +180,7 @@ impl Default for AttentionConfig {
             dropout: 0.0,
             seed: 0,
             training: false,
+            precision: Precision::F32,
         }
     }
 }

@@ -18,7 +18,7 @@ pub mod philox;
 pub mod reference;
 pub mod unfused;
 
-pub use config::{AttentionConfig, Bias, Center, Forgetting, Pfu};
+pub use config::{AttentionConfig, Bias, Center, Forgetting, Pfu, Precision};
 
 use serde::{Deserialize, Serialize};
 
@@ -111,6 +111,52 @@ impl AttentionInput<'_> {
         check_finite("K", self.k)?;
         check_finite("V", self.v)?;
         Ok(())
+    }
+}
+
+impl AttentionInput<'_> {
+    /// Checks that Q, K and V stay finite when rounded to `precision` (an
+    /// f32 beyond fp16's 65504 does not).
+    pub fn check_precision(&self, precision: Precision) -> Result<()> {
+        if precision == Precision::F32 {
+            return Ok(());
+        }
+        for (tensor, x) in [("Q", self.q), ("K", self.k), ("V", self.v)] {
+            if let Some(index) = x.iter().position(|&v| !precision.round(v).is_finite()) {
+                return Err(Error::OutOfRange {
+                    tensor,
+                    index,
+                    value: x[index],
+                    precision: precision.name(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Q, K and V of a call rounded to its precision, for the backends that
+/// compute on f32 slices.
+pub struct RoundedInput {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl RoundedInput {
+    /// The rounded copies, or `None` where the precision is f32 and the
+    /// input serves as it is.
+    pub fn new(input: &AttentionInput, precision: Precision) -> Option<Self> {
+        if precision == Precision::F32 {
+            return None;
+        }
+        let round = |x: &[f32]| x.iter().map(|&v| precision.round(v)).collect();
+        Some(RoundedInput { q: round(input.q), k: round(input.k), v: round(input.v) })
+    }
+
+    /// `like` with Q, K and V replaced by the rounded copies.
+    pub fn input<'a>(&'a self, like: &AttentionInput<'a>) -> AttentionInput<'a> {
+        AttentionInput { q: &self.q, k: &self.k, v: &self.v, ..*like }
     }
 }
 
@@ -279,6 +325,7 @@ fn cuda_backward(
 pub fn forward(input: &AttentionInput, cfg: &AttentionConfig, backend: Backend) -> Result<Forward> {
     cfg.validate()?;
     input.validate()?;
+    input.check_precision(cfg.precision)?;
     if backend == Backend::Cuda {
         // Also for empty calls: a request for CUDA where it cannot run fails.
         return cuda_forward(input, cfg);
@@ -297,6 +344,8 @@ pub fn forward(input: &AttentionInput, cfg: &AttentionConfig, backend: Backend) 
             },
         });
     }
+    let rounded = RoundedInput::new(input, cfg.precision);
+    let input = &rounded.as_ref().map_or(*input, |r| r.input(input));
     match backend {
         Backend::Reference => Ok(reference::forward(input, cfg)),
         Backend::Cpu => Ok(fast::forward(input, cfg)),
@@ -316,6 +365,7 @@ pub fn backward(
 ) -> Result<Grads> {
     cfg.validate()?;
     input.validate()?;
+    input.check_precision(cfg.precision)?;
     let s = input.shape;
     for (tensor, got, expected) in [
         ("dO", d_o.len(), s.o_len()),
@@ -338,6 +388,8 @@ pub fn backward(
             dv: vec![0.0; s.v_len()],
         });
     }
+    let rounded = RoundedInput::new(input, cfg.precision);
+    let input = &rounded.as_ref().map_or(*input, |r| r.input(input));
     match backend {
         Backend::Reference => Ok(reference::backward(input, cfg, fwd, d_o)),
         Backend::Cpu => Ok(fast::backward(input, cfg, fwd, d_o)),

@@ -12,7 +12,7 @@
 use crate::common::*;
 use lwpf::op::{
     self, AttentionConfig, AttentionInput, Backend, Bias, Center, Forgetting, Forward, Grads, Pfu,
-    Shape,
+    Precision, Shape,
 };
 
 const TOL: f64 = 1e-4;
@@ -164,6 +164,39 @@ pub fn backward_matches_reference(forward: ForwardFn, backward: BackwardFn, shap
     assert!(tied_center_calls > 0, "the matrix must spread g_b over several ties");
 }
 
+/// Q, K and V in `precision` (bf16 or fp16) against the reference on the
+/// same rounded inputs (dyadic Q and K: exact scores on tensor cores too);
+/// the calls with the center gradient must spread it.
+pub fn backward_in_precision(forward: ForwardFn, backward: BackwardFn, precision: Precision) {
+    let seed = run_seed("fused backward in precision");
+    let mut r = rng(seed);
+    for shape in precision_shapes() {
+        for use_mask in [false, true] {
+            for case in cases_named(0.25, seed ^ 0xabc, &PRECISION_CASES) {
+                let q = dyadic(&mut r, shape.q_len());
+                let k = dyadic(&mut r, shape.k_len());
+                let v = uniform(&mut r, shape.v_len());
+                let g = uniform(&mut r, shape.o_len());
+                let m = mask(&mut r, shape.batch, shape.n_k, true);
+                let input = AttentionInput {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                    valid: use_mask.then_some(&m[..]),
+                    shape,
+                };
+                let name = format!("{} {shape} mask={use_mask} {}", precision.name(), case.name);
+                let cfg = AttentionConfig { precision, ..case.cfg };
+                let (f, _) = check_grads(forward, backward, &input, &cfg, &g, &name);
+                if case.name.contains("cg=true") {
+                    let t = f.stats.threshold;
+                    assert!(t.center_gradient && f.stats.at_median > 0, "{name}: no center grad");
+                }
+            }
+        }
+    }
+}
+
 /// Rows whose every key is forgotten: relu with all scores <= 0, pfu with
 /// b = -inf (empty rows: no gradient at all), and the median center with its
 /// gradient, where every score ties or lies below the median.
@@ -233,6 +266,7 @@ pub fn center_gradient_over_ties(forward: ForwardFn, backward: BackwardFn) {
                     dropout,
                     seed,
                     training,
+                    ..Default::default()
                 };
                 let name = format!("ties drop={drop} train={training} cg={cg}");
                 let (f, grads) = check_grads(forward, backward, &input, &cfg, &g, &name);

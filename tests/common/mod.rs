@@ -138,12 +138,43 @@ pub fn option_matrix(beta: f32, seed: u64) -> Vec<Case> {
                         dropout,
                         seed,
                         training,
+                        ..Default::default()
                     },
                 });
             }
         }
     }
     out
+}
+
+/// The cases of `option_matrix(beta, seed)` named in `names`, all of them.
+pub fn cases_named(beta: f32, seed: u64, names: &[&str]) -> Vec<Case> {
+    let cases: Vec<Case> =
+        option_matrix(beta, seed).into_iter().filter(|c| names.contains(&&*c.name)).collect();
+    assert_eq!(cases.len(), names.len(), "every named case is in the option matrix");
+    cases
+}
+
+/// The options the bf16 and fp16 kernels are checked on: no forgetting,
+/// relu with dropout, pfu with the median and its center gradient (forgotten
+/// entries dropped, and kept with dropout), and a fixed centre with b = -inf.
+pub const PRECISION_CASES: [&str; 5] = [
+    "none drop_forgotten=true eval",
+    "relu drop_forgotten=true train+dropout",
+    "pfu median b=z cg=true drop_forgotten=true train",
+    "pfu median b=z cg=true drop_forgotten=false train+dropout",
+    "pfu fixed b=-inf cg=false drop_forgotten=false eval",
+];
+
+/// Shapes of the bf16 and fp16 checks, ragged against the 32 x 32 tiles and
+/// the tensor cores' 8 columns of d: D = 4 (half a step), D = 36 (past one
+/// staged chunk of 32, half a step past it), Dv != D.
+pub fn precision_shapes() -> Vec<Shape> {
+    vec![
+        Shape::new(2, 3, 5, 7, 4),
+        Shape { d_v: 3, ..Shape::new(2, 1, 35, 67, 4) },
+        Shape { d_v: 9, ..Shape::new(1, 1, 40, 20, 36) },
+    ]
 }
 
 /// Shapes that are ragged against every tile (TQ = 64, TK = 128).

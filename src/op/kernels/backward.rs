@@ -10,17 +10,22 @@
 //!
 //! The kernels stage whole rows of Q, K, V and dO in shared memory, so the
 //! tiled ones (center, dK dV, dQ) are built for two widths, [`BackwardTiles`]:
-//! `D, Dv <= 64` in 42 KB of static shared memory per block, and `D, Dv <=
-//! 128` in 73 KB of dynamic shared memory. Each call runs the narrower build
+//! `D, Dv <= 64` in 42 KB of static shared memory per block (46 KB for bf16
+//! and fp16, which add a score tile), and `D, Dv <= 128` in up to 77 KB of
+//! dynamic shared memory. Each call runs the narrower build
 //! that holds it; both give the same bits.
 //!
-//! Limits narrower than SPEC: `D <= 128` and `Dv <= 128`, f32 only. Extra
-//! device memory: two floats per query row and one small struct.
+//! Q, K and V come in the call's precision (the tiled kernels have a build
+//! per type); O, dO and the gradients are f32. Limits narrower than SPEC:
+//! `D <= 128` and `Dv <= 128`. Extra device memory: two floats per query row
+//! and one small struct.
 
 use super::params::*;
 use super::{THREADS, check_limits, tiled_grid};
 use crate::error::{Error, Result};
-use crate::op::{AttentionConfig, AttentionInput, Forward, Grads, Shape, check_finite, philox};
+use crate::op::{
+    AttentionConfig, AttentionInput, Forward, Grads, Precision, Shape, check_finite, philox,
+};
 
 /// How the fused backward writes dQ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -51,20 +56,18 @@ pub enum BackwardKernel {
 }
 
 impl BackwardKernel {
-    /// The kernel's symbol in `kernels/backward.cu` for the build `tiles`
-    /// (prep and the center reduction stage no tiles and have one build).
-    pub fn symbol(self, tiles: BackwardTiles) -> &'static str {
-        use BackwardTiles::{D64, D128};
-        match (self, tiles) {
-            (BackwardKernel::Prep, _) => "lwpf_backward_prep_f32",
-            (BackwardKernel::CenterReduce, _) => "lwpf_backward_center_reduce",
-            (BackwardKernel::Center, D64) => "lwpf_backward_center_f32_d64",
-            (BackwardKernel::Center, D128) => "lwpf_backward_center_f32_d128",
-            (BackwardKernel::DkDv, D64) => "lwpf_backward_dkdv_f32_d64",
-            (BackwardKernel::DkDv, D128) => "lwpf_backward_dkdv_f32_d128",
-            (BackwardKernel::Dq, D64) => "lwpf_backward_dq_f32_d64",
-            (BackwardKernel::Dq, D128) => "lwpf_backward_dq_f32_d128",
-        }
+    /// The kernel's symbol in `kernels/backward.cu` for inputs of
+    /// `precision` and the build `tiles` (prep and the center reduction read
+    /// no Q, K or V, stage no tiles, and have one build).
+    pub fn symbol(self, precision: Precision, tiles: BackwardTiles) -> String {
+        let name = match self {
+            BackwardKernel::Prep => return "lwpf_backward_prep_f32".into(),
+            BackwardKernel::CenterReduce => return "lwpf_backward_center_reduce".into(),
+            BackwardKernel::Center => "center",
+            BackwardKernel::DkDv => "dkdv",
+            BackwardKernel::Dq => "dq",
+        };
+        format!("lwpf_backward_{name}_{}_d{}", super::dtype_suffix(precision), tiles.max_d())
     }
 
     /// Whether the kernel stages Q, K, V and dO tiles (and so has a build
@@ -132,6 +135,7 @@ pub fn check_backward(
 ) -> Result<BackwardTiles> {
     cfg.validate()?;
     input.validate()?;
+    input.check_precision(cfg.precision)?;
     check_limits(input, backend)?;
     let s = input.shape;
     for (tensor, got, expected) in [
@@ -190,9 +194,10 @@ pub fn backward_launches(
 /// Pointers of one backward call as the kernels see them.
 #[derive(Clone, Copy, Debug)]
 pub struct BackwardPointers {
-    pub q: *const f32,
-    pub k: *const f32,
-    pub v: *const f32,
+    /// Of the call's precision.
+    pub q: *const std::ffi::c_void,
+    pub k: *const std::ffi::c_void,
+    pub v: *const std::ffi::c_void,
     /// Null without a mask.
     pub valid: *const u8,
     pub o: *const f32,

@@ -29,11 +29,14 @@ use super::backward::{
 use super::params::*;
 use super::unfused;
 use super::{
-    CallPointers, THREADS, call_stats, check_limits, forward_params, host_threshold, median_params,
-    median_state, tiled_grid, uses_median_kernels, valid_entries,
+    CallPointers, KernelInputs, KernelTensor, THREADS, call_stats, check_limits, dtype_code,
+    forward_params, host_threshold, median_params, median_state, tiled_grid, uses_median_kernels,
+    valid_entries,
 };
 use crate::error::{Error, Result};
-use crate::op::{AttentionConfig, AttentionInput, CallStats, Forward, Grads, Threshold};
+use crate::op::{
+    AttentionConfig, AttentionInput, CallStats, Forward, Grads, Precision, RoundedInput, Threshold,
+};
 
 /// One compiled kernel file.
 pub struct KernelModule {
@@ -62,26 +65,35 @@ unsafe impl DeviceRepr for LwpfUnfusedParams {}
 /// The loaded kernels and the stream they run on.
 struct Runtime {
     stream: Arc<CudaStream>,
-    median_hist: CudaFunction,
+    /// The kernels that read Q, K or V have an entry per precision, indexed
+    /// by `dtype_code`.
+    median_hist: [CudaFunction; 3],
     median_select: CudaFunction,
-    forward: CudaFunction,
+    forward: [CudaFunction; 3],
     /// The backward kernels without tiles (one build each).
     backward_prep: CudaFunction,
     backward_reduce: CudaFunction,
-    /// The tiled backward kernels (center, dK dV, dQ) of each build, indexed
-    /// by `BackwardTiles as usize`.
-    backward_tiled: [[CudaFunction; 3]; 2],
+    /// The tiled backward kernels (center, dK dV, dQ) of each precision and
+    /// build, indexed by `dtype_code` and `BackwardTiles as usize`.
+    backward_tiled: [[[CudaFunction; 3]; 2]; 3],
     /// The unfused baseline's elementwise kernels ([`unfused::SYMBOLS`]).
     unfused: [CudaFunction; 4],
     selftest_mma: CudaFunction,
+    selftest_convert: CudaFunction,
     /// One call at a time on the stream.
     lock: Mutex<()>,
 }
 
 impl Runtime {
-    /// The loaded backward kernel `kernel` of the build `tiles`.
-    fn backward(&self, kernel: BackwardKernel, tiles: BackwardTiles) -> &CudaFunction {
-        let tiled = &self.backward_tiled[tiles as usize];
+    /// The loaded backward kernel `kernel` for `precision` and the build
+    /// `tiles`.
+    fn backward(
+        &self,
+        kernel: BackwardKernel,
+        precision: Precision,
+        tiles: BackwardTiles,
+    ) -> &CudaFunction {
+        let tiled = &self.backward_tiled[dtype_code(precision) as usize][tiles as usize];
         match kernel {
             BackwardKernel::Prep => &self.backward_prep,
             BackwardKernel::CenterReduce => &self.backward_reduce,
@@ -129,34 +141,44 @@ fn init() -> std::result::Result<Runtime, String> {
             .and_then(|md| md.load_function(function))
             .map_err(|e| format!("loading {function} from {module}: {e}"))
     };
-    let backward = |kernel: BackwardKernel, tiles| -> std::result::Result<CudaFunction, String> {
-        let symbol = kernel.symbol(tiles);
-        let f = load("backward", symbol)?;
-        let smem = kernel.dynamic_smem_bytes(tiles);
-        if smem > 0 {
-            // A launch may ask for more than 48 KB of dynamic shared memory
-            // only once the function allows it.
-            use sys::CUfunction_attribute_enum as Attr;
-            f.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
-                .map_err(|e| format!("allowing {symbol} {smem} bytes of shared memory: {e}"))?;
-        }
-        Ok(f)
+    let backward =
+        |kernel: BackwardKernel, precision, tiles| -> std::result::Result<CudaFunction, String> {
+            let symbol = kernel.symbol(precision, tiles);
+            let f = load("backward", &symbol)?;
+            let smem = kernel.dynamic_smem_bytes(tiles);
+            if smem > 0 {
+                // A launch may ask for more than 48 KB of dynamic shared memory
+                // only once the function allows it.
+                use sys::CUfunction_attribute_enum as Attr;
+                f.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+                    .map_err(|e| format!("allowing {symbol} {smem} bytes of shared memory: {e}"))?;
+            }
+            Ok(f)
+        };
+    let tiled = |precision| -> std::result::Result<[[CudaFunction; 3]; 2], String> {
+        let build = |tiles| -> std::result::Result<[CudaFunction; 3], String> {
+            Ok([
+                backward(BackwardKernel::Center, precision, tiles)?,
+                backward(BackwardKernel::DkDv, precision, tiles)?,
+                backward(BackwardKernel::Dq, precision, tiles)?,
+            ])
+        };
+        Ok([build(BackwardTiles::D64)?, build(BackwardTiles::D128)?])
     };
-    let tiled = |tiles| -> std::result::Result<[CudaFunction; 3], String> {
-        Ok([
-            backward(BackwardKernel::Center, tiles)?,
-            backward(BackwardKernel::DkDv, tiles)?,
-            backward(BackwardKernel::Dq, tiles)?,
-        ])
+    let per_precision = |module: &str, family: &str| -> std::result::Result<_, String> {
+        let [a, b, c] = Precision::ALL;
+        let f = |p: Precision| load(module, &format!("{family}_{}", super::dtype_suffix(p)));
+        Ok([f(a)?, f(b)?, f(c)?])
     };
+    let [p32, pbf, ph] = Precision::ALL;
     Ok(Runtime {
         stream: ctx.default_stream(),
-        median_hist: load("median", "lwpf_median_hist_f32")?,
+        median_hist: per_precision("median", "lwpf_median_hist")?,
         median_select: load("median", "lwpf_median_select")?,
-        forward: load("forward", "lwpf_forward_f32")?,
-        backward_prep: backward(BackwardKernel::Prep, BackwardTiles::D64)?,
-        backward_reduce: backward(BackwardKernel::CenterReduce, BackwardTiles::D64)?,
-        backward_tiled: [tiled(BackwardTiles::D64)?, tiled(BackwardTiles::D128)?],
+        forward: per_precision("forward", "lwpf_forward")?,
+        backward_prep: backward(BackwardKernel::Prep, p32, BackwardTiles::D64)?,
+        backward_reduce: backward(BackwardKernel::CenterReduce, p32, BackwardTiles::D64)?,
+        backward_tiled: [tiled(p32)?, tiled(pbf)?, tiled(ph)?],
         unfused: [
             load("unfused", unfused::SYMBOLS[0])?,
             load("unfused", unfused::SYMBOLS[1])?,
@@ -164,6 +186,7 @@ fn init() -> std::result::Result<Runtime, String> {
             load("unfused", unfused::SYMBOLS[3])?,
         ],
         selftest_mma: load("emu_selftest", "lwpf_selftest_mma")?,
+        selftest_convert: load("emu_selftest", "lwpf_selftest_convert")?,
         lock: Mutex::new(()),
     })
 }
@@ -187,10 +210,51 @@ fn launch_config_smem(grid: u32, smem: u32) -> LaunchConfig {
     LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: smem }
 }
 
+/// Q, K or V on the device in the call's precision.
+enum DeviceTensor {
+    F32(CudaSlice<f32>),
+    Bits(CudaSlice<u16>),
+}
+
+impl DeviceTensor {
+    fn upload(st: &Arc<CudaStream>, t: &KernelTensor) -> Result<Self> {
+        let upload = device_error("copying the inputs to the device");
+        Ok(match t {
+            KernelTensor::F32(x) => DeviceTensor::F32(st.clone_htod(*x).map_err(&upload)?),
+            KernelTensor::Bits(x) => DeviceTensor::Bits(st.clone_htod(x).map_err(&upload)?),
+        })
+    }
+
+    fn device_ptr<'a>(
+        &'a self,
+        st: &'a CudaStream,
+    ) -> (sys::CUdeviceptr, cudarc::driver::SyncOnDrop<'a>) {
+        match self {
+            DeviceTensor::F32(x) => x.device_ptr(st),
+            DeviceTensor::Bits(x) => x.device_ptr(st),
+        }
+    }
+}
+
+/// Q, K and V of a call on the device, in its precision.
+fn upload_qkv(
+    st: &Arc<CudaStream>,
+    input: &AttentionInput,
+    precision: Precision,
+) -> Result<[DeviceTensor; 3]> {
+    let x = KernelInputs::new(input, precision);
+    Ok([
+        DeviceTensor::upload(st, &x.q)?,
+        DeviceTensor::upload(st, &x.k)?,
+        DeviceTensor::upload(st, &x.v)?,
+    ])
+}
+
 /// Forward pass (SPEC section 3) on the GPU.
 pub fn forward(input: &AttentionInput, cfg: &AttentionConfig) -> Result<Forward> {
     cfg.validate()?;
     input.validate()?;
+    input.check_precision(cfg.precision)?;
     check_limits(input, "cuda")?;
     // Even an empty call fails where CUDA cannot run: it was asked for.
     let rt = runtime()?;
@@ -213,9 +277,7 @@ pub fn forward(input: &AttentionInput, cfg: &AttentionConfig) -> Result<Forward>
     let median_kernels = uses_median_kernels(cfg, entries);
 
     let upload = device_error("copying the inputs to the device");
-    let q = st.clone_htod(input.q).map_err(&upload)?;
-    let k = st.clone_htod(input.k).map_err(&upload)?;
-    let v = st.clone_htod(input.v).map_err(&upload)?;
+    let [q, k, v] = upload_qkv(st, input, cfg.precision)?;
     let valid = match input.valid {
         Some(m) => {
             let bytes: Vec<u8> = m.iter().map(|&x| x as u8).collect();
@@ -241,9 +303,9 @@ pub fn forward(input: &AttentionInput, cfg: &AttentionConfig) -> Result<Forward>
         let (lse_ptr, _lse) = lse.device_ptr_mut(st);
         let (forgotten_ptr, _forgotten) = forgotten.device_ptr_mut(st);
         let mut ptr = CallPointers {
-            q: q_ptr as *const f32,
-            k: k_ptr as *const f32,
-            v: v_ptr as *const f32,
+            q: q_ptr as *const std::ffi::c_void,
+            k: k_ptr as *const std::ffi::c_void,
+            v: v_ptr as *const std::ffi::c_void,
             valid: valid_ptr.as_ref().map_or(std::ptr::null(), |(p, _)| *p as *const u8),
             state: state_ptr as *mut LwpfMedianState,
             threshold: thr_ptr as *const LwpfThreshold,
@@ -291,7 +353,7 @@ unsafe fn launch_forward(
             // SAFETY: the kernels read and write only inside the buffers of
             // `ptr`, whose sizes match the shape in `p` (the caller's promise).
             unsafe {
-                st.launch_builder(&rt.median_hist)
+                st.launch_builder(&rt.median_hist[dtype_code(cfg.precision) as usize])
                     .arg(&p)
                     .launch(launch_config(grid))
                     .map_err(device_error("median histogram"))?;
@@ -308,7 +370,7 @@ unsafe fn launch_forward(
     let p = forward_params(input, cfg, ptr);
     // SAFETY: as above.
     unsafe {
-        st.launch_builder(&rt.forward)
+        st.launch_builder(&rt.forward[dtype_code(cfg.precision) as usize])
             .arg(&p)
             .launch(launch_config(grid))
             .map_err(device_error("forward kernel"))?;
@@ -324,23 +386,23 @@ unsafe fn launch_forward(
 /// `tiles` must hold the call's D and Dv.
 unsafe fn launch_backward(
     rt: &Runtime,
-    input: &AttentionInput,
+    (input, cfg): (&AttentionInput, &AttentionConfig),
     fwd: &Forward,
     p: &LwpfBackwardParams,
     mode: DqMode,
     tiles: BackwardTiles,
 ) -> Result<()> {
     for (kernel, grid) in backward_launches(input, fwd, mode) {
-        let f = rt.backward(kernel, tiles);
-        let cfg = launch_config_smem(grid, kernel.dynamic_smem_bytes(tiles));
+        let f = rt.backward(kernel, cfg.precision, tiles);
+        let launch = launch_config_smem(grid, kernel.dynamic_smem_bytes(tiles));
         // SAFETY: the caller's promise; the grid and shared memory are the
         // ones the kernel expects.
         unsafe {
             rt.stream
                 .launch_builder(f)
                 .arg(p)
-                .launch(cfg)
-                .map_err(device_error(kernel.symbol(tiles)))?;
+                .launch(launch)
+                .map_err(device_error(&kernel.symbol(cfg.precision, tiles)))?;
         }
     }
     Ok(())
@@ -365,9 +427,7 @@ pub fn backward(
     let st = &rt.stream;
 
     let upload = device_error("copying the inputs to the device");
-    let q = st.clone_htod(input.q).map_err(&upload)?;
-    let k = st.clone_htod(input.k).map_err(&upload)?;
-    let v = st.clone_htod(input.v).map_err(&upload)?;
+    let [q, k, v] = upload_qkv(st, input, cfg.precision)?;
     let valid = match input.valid {
         Some(m) => {
             let bytes: Vec<u8> = m.iter().map(|&x| x as u8).collect();
@@ -403,9 +463,9 @@ pub fn backward(
         let (dk_ptr, _dk) = dk.device_ptr_mut(st);
         let (dv_ptr, _dv) = dv.device_ptr_mut(st);
         let ptr = BackwardPointers {
-            q: q_ptr as *const f32,
-            k: k_ptr as *const f32,
-            v: v_ptr as *const f32,
+            q: q_ptr as *const std::ffi::c_void,
+            k: k_ptr as *const std::ffi::c_void,
+            v: v_ptr as *const std::ffi::c_void,
             valid: valid_ptr.as_ref().map_or(std::ptr::null(), |(p, _)| *p as *const u8),
             o: o_ptr as *const f32,
             lse: lse_ptr as *const f32,
@@ -420,7 +480,7 @@ pub fn backward(
         let p = backward_params(input, cfg, fwd, &ptr, mode);
         // SAFETY: `p` holds the live device buffers above, of the call's
         // sizes; `tiles` holds the call.
-        unsafe { launch_backward(rt, input, fwd, &p, mode, tiles)? };
+        unsafe { launch_backward(rt, (input, cfg), fwd, &p, mode, tiles)? };
     }
 
     let download = device_error("copying the results from the device");
@@ -465,9 +525,7 @@ pub fn time_kernels(
     let entries = valid_entries(input);
     let median_kernels = uses_median_kernels(cfg, entries);
     let upload = device_error("copying the inputs to the device");
-    let q = st.clone_htod(input.q).map_err(&upload)?;
-    let k = st.clone_htod(input.k).map_err(&upload)?;
-    let v = st.clone_htod(input.v).map_err(&upload)?;
+    let [q, k, v] = upload_qkv(st, input, cfg.precision)?;
     let valid = match input.valid {
         Some(m) => {
             let bytes: Vec<u8> = m.iter().map(|&x| x as u8).collect();
@@ -515,9 +573,9 @@ pub fn time_kernels(
     let (dk_ptr, _dk) = dk.device_ptr_mut(st);
     let (dv_ptr, _dv) = dv.device_ptr_mut(st);
     let bptr = BackwardPointers {
-        q: q_ptr as *const f32,
-        k: k_ptr as *const f32,
-        v: v_ptr as *const f32,
+        q: q_ptr as *const std::ffi::c_void,
+        k: k_ptr as *const std::ffi::c_void,
+        v: v_ptr as *const std::ffi::c_void,
         valid: valid_ptr,
         o: o_ptr as *const f32,
         lse: lse_ptr as *const f32,
@@ -532,9 +590,9 @@ pub fn time_kernels(
     };
     for run in 0..warmup + runs {
         let mut ptr = CallPointers {
-            q: q_ptr as *const f32,
-            k: k_ptr as *const f32,
-            v: v_ptr as *const f32,
+            q: q_ptr as *const std::ffi::c_void,
+            k: k_ptr as *const std::ffi::c_void,
+            v: v_ptr as *const std::ffi::c_void,
             valid: valid_ptr,
             state: state_ptr as *mut LwpfMedianState,
             threshold: thr_ptr as *const LwpfThreshold,
@@ -563,7 +621,7 @@ pub fn time_kernels(
         }
         let p = backward_params(input, cfg, &fwd, &bptr, mode);
         // SAFETY: as above.
-        unsafe { launch_backward(rt, input, &fwd, &p, mode, tiles)? };
+        unsafe { launch_backward(rt, (input, cfg), &fwd, &p, mode, tiles)? };
         e2.record(st).map_err(device_error("recording an event"))?;
         if run >= warmup {
             fwd_ms.push(e0.elapsed_ms(&e1).map_err(device_error("timing"))?);
@@ -662,7 +720,11 @@ fn upload_valid(st: &Arc<CudaStream>, input: &AttentionInput) -> Result<Option<C
 pub fn unfused_forward(input: &AttentionInput, cfg: &AttentionConfig) -> Result<Forward> {
     cfg.validate()?;
     input.validate()?;
+    input.check_precision(cfg.precision)?;
     check_limits(input, "cuda unfused")?;
+    // The baseline computes in f32 on the inputs rounded to the precision.
+    let rounded = RoundedInput::new(input, cfg.precision);
+    let input = &rounded.as_ref().map_or(*input, |r| r.input(input));
     let rt = runtime()?;
     let blas = blas(rt)?;
     let s = input.shape;
@@ -777,7 +839,10 @@ pub fn unfused_backward(
 ) -> Result<Grads> {
     cfg.validate()?;
     input.validate()?;
+    input.check_precision(cfg.precision)?;
     check_limits(input, "cuda unfused")?;
+    let rounded = RoundedInput::new(input, cfg.precision);
+    let input = &rounded.as_ref().map_or(*input, |r| r.input(input));
     let s = input.shape;
     for (tensor, got, expected) in [
         ("dO", d_o.len(), s.o_len()),
@@ -872,8 +937,8 @@ pub fn unfused_backward(
         };
         let bp = backward_params(input, cfg, fwd, &bptr, DqMode::Deterministic);
         // Neither kernel stages tiles: any build's entry is the same one.
-        let prep = rt.backward(BackwardKernel::Prep, BackwardTiles::D64);
-        let reduce = rt.backward(BackwardKernel::CenterReduce, BackwardTiles::D64);
+        let prep = rt.backward(BackwardKernel::Prep, Precision::F32, BackwardTiles::D64);
+        let reduce = rt.backward(BackwardKernel::CenterReduce, Precision::F32, BackwardTiles::D64);
         let rows_grid = s.rows().div_ceil(THREADS as usize) as u32;
         // SAFETY: the prep kernel reads O and dO and writes Delta.
         unsafe {
@@ -986,4 +1051,33 @@ pub fn selftest_mma(warps: u32, a: &[f32], b: &[f32], c: &[f32]) -> Result<Vec<f
     }
     st.synchronize().map_err(device_error("running the mma self-test"))?;
     st.clone_dtoh(&d).map_err(device_error("copying the results from the device"))
+}
+
+/// `bits` read as bf16 and as fp16 by the kernels' loads on the device (the
+/// emulation's `selftest::convert`): `(bf16 values, fp16 values)`.
+pub fn selftest_convert(bits: &[u16]) -> Result<(Vec<f32>, Vec<f32>)> {
+    let n = bits.len();
+    let rt = runtime()?;
+    let _one_call = rt.lock.lock().unwrap_or_else(|e| e.into_inner());
+    let st = &rt.stream;
+    let upload = device_error("copying the inputs to the device");
+    let words = st.clone_htod(bits).map_err(&upload)?;
+    let mut out = st.clone_htod(&vec![f32::NAN; 2 * n]).map_err(&upload)?;
+    let n_arg = n as i32;
+    let grid = n.div_ceil(THREADS as usize).max(1) as u32;
+    // SAFETY: the kernel reads n words of each input and writes 2 n floats.
+    unsafe {
+        st.launch_builder(&rt.selftest_convert)
+            .arg(&words)
+            .arg(&words)
+            .arg(&n_arg)
+            .arg(&mut out)
+            .launch(launch_config(grid))
+            .map_err(device_error("conversion self-test"))?;
+    }
+    st.synchronize().map_err(device_error("running the conversion self-test"))?;
+    let mut out =
+        st.clone_dtoh(&out).map_err(device_error("copying the results from the device"))?;
+    let f16 = out.split_off(n);
+    Ok((out, f16))
 }

@@ -13,20 +13,21 @@ use super::backward::{
 };
 use super::params::*;
 use super::{
-    CallPointers, THREADS, call_stats, check_limits, forward_params, host_threshold, median_params,
-    median_state, tiled_grid, uses_median_kernels, valid_entries,
+    CallPointers, KernelInputs, THREADS, call_stats, check_limits, dtype_code, forward_params,
+    host_threshold, median_params, median_state, tiled_grid, uses_median_kernels, valid_entries,
 };
 use crate::error::{Error, Result};
-use crate::op::{AttentionConfig, AttentionInput, CallStats, Forward, Grads, Threshold};
+use crate::op::{AttentionConfig, AttentionInput, CallStats, Forward, Grads, Precision, Threshold};
 
 // The launchers of kernels/emu/launch.cpp: each runs one kernel over
 // `grid` blocks of `block` threads.
 unsafe extern "C" {
-    fn lwpf_emu_median_hist_f32(grid: u32, block: u32, p: *const LwpfMedianParams);
+    fn lwpf_emu_median_hist(dtype: i32, grid: u32, block: u32, p: *const LwpfMedianParams);
     fn lwpf_emu_median_select(grid: u32, block: u32, p: *const LwpfMedianParams);
-    fn lwpf_emu_forward_f32(grid: u32, block: u32, p: *const LwpfForwardParams);
-    fn lwpf_emu_backward_f32(
+    fn lwpf_emu_forward(dtype: i32, grid: u32, block: u32, p: *const LwpfForwardParams);
+    fn lwpf_emu_backward(
         kernel: i32,
+        dtype: i32,
         max_d: i32,
         grid: u32,
         block: u32,
@@ -51,6 +52,14 @@ unsafe extern "C" {
         c: *const f32,
         d: *mut f32,
     );
+    fn lwpf_emu_selftest_convert(
+        grid: u32,
+        block: u32,
+        bf16: *const u16,
+        f16: *const u16,
+        n: i32,
+        out: *mut f32,
+    );
 }
 
 /// Host buffers of one call and the pointers the kernels get to them.
@@ -63,11 +72,11 @@ struct Buffers {
 }
 
 impl Buffers {
-    fn pointers(&mut self, input: &AttentionInput) -> CallPointers {
+    fn pointers(&mut self, input: &AttentionInput, x: &KernelInputs) -> CallPointers {
         CallPointers {
-            q: input.q.as_ptr(),
-            k: input.k.as_ptr(),
-            v: input.v.as_ptr(),
+            q: x.q.as_ptr(),
+            k: x.k.as_ptr(),
+            v: x.v.as_ptr(),
             // bool is one byte holding 0 or 1: the kernels' mask format.
             valid: input.valid.map_or(std::ptr::null(), |m| m.as_ptr().cast::<u8>()),
             state: &mut *self.state,
@@ -85,6 +94,7 @@ impl Buffers {
 pub fn median(input: &AttentionInput, cfg: &AttentionConfig) -> Result<Option<LwpfThreshold>> {
     cfg.validate()?;
     input.validate()?;
+    input.check_precision(cfg.precision)?;
     check_limits(input, "emulated")?;
     let entries = valid_entries(input);
     if input.shape.n_q == 0 || entries == 0 {
@@ -97,7 +107,8 @@ pub fn median(input: &AttentionInput, cfg: &AttentionConfig) -> Result<Option<Lw
         lse: Vec::new(),
         forgotten: Vec::new(),
     };
-    let ptr = buf.pointers(input);
+    let x = KernelInputs::new(input, cfg.precision);
+    let ptr = buf.pointers(input, &x);
     run_median(input, cfg, &ptr);
     Ok(Some(buf.state.threshold))
 }
@@ -109,7 +120,7 @@ fn run_median(input: &AttentionInput, cfg: &AttentionConfig, ptr: &CallPointers)
         // SAFETY: every pointer in `p` is valid for the sizes in `p`: Q, K and
         // the mask are the validated input, the state is a live box.
         unsafe {
-            lwpf_emu_median_hist_f32(grid, THREADS, &p);
+            lwpf_emu_median_hist(dtype_code(cfg.precision), grid, THREADS, &p);
             lwpf_emu_median_select(1, THREADS, &p);
         }
     }
@@ -119,6 +130,7 @@ fn run_median(input: &AttentionInput, cfg: &AttentionConfig, ptr: &CallPointers)
 pub fn forward(input: &AttentionInput, cfg: &AttentionConfig) -> Result<Forward> {
     cfg.validate()?;
     input.validate()?;
+    input.check_precision(cfg.precision)?;
     check_limits(input, "emulated")?;
     let s = input.shape;
     if s.n_q == 0 || s.n_k == 0 {
@@ -143,7 +155,8 @@ pub fn forward(input: &AttentionInput, cfg: &AttentionConfig) -> Result<Forward>
         lse: vec![f32::NAN; s.rows()],
         forgotten: vec![u32::MAX; s.rows()],
     };
-    let mut ptr = buf.pointers(input);
+    let x = KernelInputs::new(input, cfg.precision);
+    let mut ptr = buf.pointers(input, &x);
     if median_kernels {
         run_median(input, cfg, &ptr);
         // The forward pass reads the threshold the selection step wrote.
@@ -152,7 +165,7 @@ pub fn forward(input: &AttentionInput, cfg: &AttentionConfig) -> Result<Forward>
     }
     let p = forward_params(input, cfg, &ptr);
     // SAFETY: as in `run_median`; O, lse and the counts have the call's sizes.
-    unsafe { lwpf_emu_forward_f32(tiled_grid(input), THREADS, &p) };
+    unsafe { lwpf_emu_forward(dtype_code(cfg.precision), tiled_grid(input), THREADS, &p) };
 
     let thr = if median_kernels { buf.state.threshold } else { *buf.threshold };
     let stats = call_stats(cfg, &thr, &buf.forgotten, entries);
@@ -210,10 +223,11 @@ pub fn backward_with_tiles(
         dk: vec![f32::NAN; s.k_len()],
         dv: vec![f32::NAN; s.v_len()],
     };
+    let x = KernelInputs::new(input, cfg.precision);
     let ptr = BackwardPointers {
-        q: input.q.as_ptr(),
-        k: input.k.as_ptr(),
-        v: input.v.as_ptr(),
+        q: x.q.as_ptr(),
+        k: x.k.as_ptr(),
+        v: x.v.as_ptr(),
         valid: input.valid.map_or(std::ptr::null(), |m| m.as_ptr().cast::<u8>()),
         o: fwd.o.as_ptr(),
         lse: fwd.lse.as_ptr(),
@@ -230,7 +244,7 @@ pub fn backward_with_tiles(
         // SAFETY: every pointer in `p` is valid for the sizes in `p`: the
         // validated input, O, lse and dO of checked lengths, and the live
         // buffers above; the build holds D and Dv.
-        unsafe { launch_backward(kernel, tiles, grid, &p) };
+        unsafe { launch_backward(kernel, cfg.precision, tiles, grid, &p) };
     }
     Ok(grads)
 }
@@ -243,6 +257,7 @@ pub fn backward_with_tiles(
 /// in `p`, and `tiles` must hold D and Dv of `p` if the kernel is tiled.
 pub(crate) unsafe fn launch_backward(
     kernel: BackwardKernel,
+    precision: Precision,
     tiles: BackwardTiles,
     grid: u32,
     p: &LwpfBackwardParams,
@@ -258,7 +273,7 @@ pub(crate) unsafe fn launch_backward(
     let (max_d, smem) = (tiles.max_d() as i32, kernel.dynamic_smem_bytes(tiles));
     // SAFETY: the caller's promise; the launcher gives the kernel `smem`
     // bytes, what the build needs.
-    unsafe { lwpf_emu_backward_f32(id, max_d, grid, THREADS, smem, p) };
+    unsafe { lwpf_emu_backward(id, dtype_code(precision), max_d, grid, THREADS, smem, p) };
 }
 
 /// The emulation's own self-tests (`kernels/selftest/emu_selftest.cu`), each
@@ -316,5 +331,28 @@ pub mod selftest {
             lwpf_emu_selftest_mma(1, 32 * warps, a.as_ptr(), b.as_ptr(), c.as_ptr(), d.as_mut_ptr())
         };
         d
+    }
+
+    /// `bits` read as bf16 and as fp16 by the kernels' loads:
+    /// `(bf16 values, fp16 values)`.
+    pub fn convert(bits: &[u16]) -> (Vec<f32>, Vec<f32>) {
+        let n = bits.len();
+        let mut out = vec![f32::NAN; 2 * n];
+        let block = 128;
+        let grid = n.div_ceil(block as usize).max(1) as u32;
+        // SAFETY: the kernel reads n words of each input and writes 2 n
+        // floats, one element per thread below n.
+        unsafe {
+            lwpf_emu_selftest_convert(
+                grid,
+                block,
+                bits.as_ptr(),
+                bits.as_ptr(),
+                n as i32,
+                out.as_mut_ptr(),
+            )
+        };
+        let f16 = out.split_off(n);
+        (out, f16)
     }
 }

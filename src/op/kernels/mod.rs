@@ -19,9 +19,13 @@
 //!
 //! The backward pass is laid out in [`backward`].
 //!
+//! Q, K and V are read in the call's [`Precision`]: f32, or bf16 and fp16 as
+//! 16-bit words ([`KernelInputs`]), whose scores are formed on tensor cores
+//! (`kernels/scores.cuh`). Everything the kernels write is f32.
+//!
 //! Limits narrower than SPEC: `Dv <= 128` (the forward's accumulators are
 //! registers), `D, Dv <= 128` in the backward (its tiles hold whole rows in
-//! shared memory), sizes below 2^31 per dimension, f32 tensors only.
+//! shared memory), sizes below 2^31 per dimension.
 
 pub mod backward;
 pub mod emulated;
@@ -33,7 +37,11 @@ pub mod cuda;
 
 use params::*;
 
-use super::{AttentionConfig, AttentionInput, Bias, CallStats, Forgetting, Threshold, philox};
+use std::ffi::c_void;
+
+use super::{
+    AttentionConfig, AttentionInput, Bias, CallStats, Forgetting, Precision, Threshold, philox,
+};
 use crate::error::{Error, Result};
 
 /// Threads per block of every tiled kernel.
@@ -97,13 +105,65 @@ pub fn median_state(entries: u64) -> LwpfMedianState {
     LwpfMedianState { rank: (entries - 1) / 2, ..Default::default() }
 }
 
+/// The code of a kernel family's element type, as `kernels/emu/launch.cpp`
+/// takes it.
+pub fn dtype_code(p: Precision) -> i32 {
+    match p {
+        Precision::F32 => 0,
+        Precision::Bf16 => 1,
+        Precision::F16 => 2,
+    }
+}
+
+/// The suffix of a kernel family's entry for inputs of precision `p`
+/// (`lwpf_forward_bf16`).
+pub fn dtype_suffix(p: Precision) -> &'static str {
+    p.name()
+}
+
+/// One of Q, K, V as the kernels read it: the caller's f32 slice, or its
+/// 16-bit words in the call's precision.
+pub enum KernelTensor<'a> {
+    F32(&'a [f32]),
+    Bits(Vec<u16>),
+}
+
+impl KernelTensor<'_> {
+    /// The address of the first element.
+    pub fn as_ptr(&self) -> *const c_void {
+        match self {
+            KernelTensor::F32(x) => x.as_ptr().cast(),
+            KernelTensor::Bits(x) => x.as_ptr().cast(),
+        }
+    }
+}
+
+/// Q, K and V of a call in its precision.
+pub struct KernelInputs<'a> {
+    pub precision: Precision,
+    pub q: KernelTensor<'a>,
+    pub k: KernelTensor<'a>,
+    pub v: KernelTensor<'a>,
+}
+
+impl<'a> KernelInputs<'a> {
+    pub fn new(input: &AttentionInput<'a>, precision: Precision) -> Self {
+        let conv = |x: &'a [f32]| match precision {
+            Precision::F32 => KernelTensor::F32(x),
+            p => KernelTensor::Bits(x.iter().map(|&v| p.bits(v).unwrap_or(0)).collect()),
+        };
+        KernelInputs { precision, q: conv(input.q), k: conv(input.k), v: conv(input.v) }
+    }
+}
+
 /// Pointers of one call as the kernels see them (host addresses in the
-/// emulation, device addresses on the GPU).
+/// emulation, device addresses on the GPU). Q, K and V are of the call's
+/// precision.
 #[derive(Clone, Copy, Debug)]
 pub struct CallPointers {
-    pub q: *const f32,
-    pub k: *const f32,
-    pub v: *const f32,
+    pub q: *const c_void,
+    pub k: *const c_void,
+    pub v: *const c_void,
     /// Null without a mask.
     pub valid: *const u8,
     pub state: *mut LwpfMedianState,

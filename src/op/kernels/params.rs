@@ -15,7 +15,7 @@ pub const LWPF_BIAS_FIXED: u32 = 1;
 pub const LWPF_BIAS_NEG_INF: u32 = 2;
 pub const LWPF_BWD_NARROW_D: u32 = 64;
 pub const LWPF_BWD_MAX_D: u32 = 128;
-pub const LWPF_BWD_WIDE_SMEM: u32 = 74784;
+pub const LWPF_BWD_WIDE_SMEM: u32 = 79008;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct LwpfThreshold {
@@ -73,8 +73,8 @@ impl Default for LwpfMedianState {
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct LwpfMedianParams {
-    pub q_ptr: *const f32,
-    pub k_ptr: *const f32,
+    pub q_ptr: *const ::core::ffi::c_void,
+    pub k_ptr: *const ::core::ffi::c_void,
     pub valid_ptr: *const ::core::ffi::c_uchar,
     pub state_ptr: *mut LwpfMedianState,
     pub batch: ::core::ffi::c_int,
@@ -139,9 +139,9 @@ impl Default for LwpfMedianParams {
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct LwpfForwardParams {
-    pub q_ptr: *const f32,
-    pub k_ptr: *const f32,
-    pub v_ptr: *const f32,
+    pub q_ptr: *const ::core::ffi::c_void,
+    pub k_ptr: *const ::core::ffi::c_void,
+    pub v_ptr: *const ::core::ffi::c_void,
     pub valid_ptr: *const ::core::ffi::c_uchar,
     pub threshold_ptr: *const LwpfThreshold,
     pub o_ptr: *mut f32,
@@ -231,9 +231,9 @@ const _: () = {
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct LwpfBackwardParams {
-    pub q_ptr: *const f32,
-    pub k_ptr: *const f32,
-    pub v_ptr: *const f32,
+    pub q_ptr: *const ::core::ffi::c_void,
+    pub k_ptr: *const ::core::ffi::c_void,
+    pub v_ptr: *const ::core::ffi::c_void,
     pub valid_ptr: *const ::core::ffi::c_uchar,
     pub o_ptr: *const f32,
     pub lse_ptr: *const f32,

@@ -22,7 +22,8 @@ use super::{
 use crate::error::{Error, Result};
 use crate::gemm::{Par, Trans, sgemm};
 use crate::op::{
-    AttentionConfig, AttentionInput, CallStats, Forward, Grads, Threshold, check_finite, philox,
+    AttentionConfig, AttentionInput, CallStats, Forward, Grads, Precision, RoundedInput, Threshold,
+    check_finite, philox,
 };
 
 unsafe extern "C" {
@@ -125,7 +126,11 @@ fn scores(input: &AttentionInput, beta: f32) -> Vec<f32> {
 pub fn emulated_forward(input: &AttentionInput, cfg: &AttentionConfig) -> Result<Forward> {
     cfg.validate()?;
     input.validate()?;
+    input.check_precision(cfg.precision)?;
     check_limits(input, "emulated unfused")?;
+    // The baseline computes in f32 on the inputs rounded to the precision.
+    let rounded = RoundedInput::new(input, cfg.precision);
+    let input = &rounded.as_ref().map_or(*input, |r| r.input(input));
     let s = input.shape;
     if s.n_q == 0 || s.n_k == 0 {
         return Ok(Forward {
@@ -198,7 +203,10 @@ pub fn emulated_backward(
 ) -> Result<Grads> {
     cfg.validate()?;
     input.validate()?;
+    input.check_precision(cfg.precision)?;
     check_limits(input, "emulated unfused")?;
+    let rounded = RoundedInput::new(input, cfg.precision);
+    let input = &rounded.as_ref().map_or(*input, |r| r.input(input));
     let s = input.shape;
     for (tensor, got, expected) in [
         ("dO", d_o.len(), s.o_len()),
@@ -258,7 +266,9 @@ pub fn emulated_backward(
     let rows_grid = s.rows().div_ceil(THREADS as usize) as u32;
     // SAFETY: the prep kernel reads O and dO and writes Delta, all of the
     // call's sizes.
-    unsafe { launch_backward(BackwardKernel::Prep, BackwardTiles::D64, rows_grid, &bp) };
+    unsafe {
+        launch_backward(BackwardKernel::Prep, Precision::F32, BackwardTiles::D64, rows_grid, &bp)
+    };
 
     let mut p = unfused_params(input, cfg);
     p.s_ptr = sc.as_ptr();
@@ -273,7 +283,15 @@ pub fn emulated_backward(
     launch(Kernel::DScore, s.rows(), &p);
     if center_gradient {
         // SAFETY: the reduction reads the per-row sums and writes `center`.
-        unsafe { launch_backward(BackwardKernel::CenterReduce, BackwardTiles::D64, 1, &bp) };
+        unsafe {
+            launch_backward(
+                BackwardKernel::CenterReduce,
+                Precision::F32,
+                BackwardTiles::D64,
+                1,
+                &bp,
+            )
+        };
         launch(Kernel::Ties, s.rows(), &p);
     }
 
