@@ -43,9 +43,10 @@
 // the order in which key tiles add into dQ is the scheduler's: dK and dV
 // stay reproducible, dQ does not.
 //
-// Scores have the forward's bits: one fmaf chain over d ascending from 0,
-// then one rounded product with beta (scores.cuh), here read from tiles
-// staged whole in shared memory. So kept / forgotten decisions and median
+// Scores have the forward's bits: the same accumulation over d ascending
+// from 0 (an fmaf chain, or the same mma sequence for 16-bit inputs), then
+// one rounded product with beta (scores.cuh), here read from tiles staged
+// whole in shared memory. So kept / forgotten decisions and median
 // ties are the forward's exactly.
 #include "common.cuh"
 #include "philox.cuh"

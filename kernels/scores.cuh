@@ -33,9 +33,12 @@ __device__ __forceinline__ int tile_col(int t, int u) {
 }
 
 // Whether scores of inputs of type T are formed on tensor cores. bf16 and
-// fp16 values are exact in tf32, so the tf32 mma multiplies them exactly and
-// only its f32 accumulation rounds; f32 inputs stay on the CUDA cores, where
-// the fmaf chain keeps them exact to f32 (tf32 would round the inputs).
+// fp16 values are exact in tf32, so the tf32 mma takes them unrounded; its
+// products are exact wherever they stay in f32's normal range (always for
+// fp16; bf16 inputs whose products underflow meet the tensor cores' own,
+// undocumented, handling of subnormals). The accumulation rounds as the
+// hardware does, not as IEEE f32 does. f32 inputs stay on the CUDA cores,
+// in an fmaf chain (tf32 would round the inputs).
 template <class T>
 struct ScoresOnTensorCores {
     static constexpr bool value = true;
@@ -62,6 +65,10 @@ __device__ __forceinline__ void mma_score_zero(MmaScoreAcc &acc) {
         }
     }
 }
+
+// The warp-to-fragment split below covers a 32 x 32 tile with four warps.
+static_assert(LWPF_THREADS == 128 && LWPF_TILE_Q == 32 && LWPF_TILE_K == 32,
+              "mma_score_step and mma_score_store assume 4 warps and 32 x 32 tiles");
 
 template <int LDQ, int LDK>
 __device__ __forceinline__ void mma_score_step(const float (*q)[LDQ], const float (*k)[LDK],
@@ -104,10 +111,11 @@ __device__ __forceinline__ void mma_score_store(const MmaScoreAcc &acc, float be
 // the end read as zero vectors; the caller ignores their scores.
 //
 // Each score is one accumulation over d ascending from 0 (an fmaf chain on
-// the CUDA cores; on tensor cores a chain of mma of 8 columns each, zeros
-// past d), then one rounded product with beta. Every kernel that needs
-// a score (median, forward, backward) forms it that way from the same
-// inputs, so it has the same bits everywhere. Must be called by every thread
+// the CUDA cores; on tensor cores the same sequence of mma of 8 columns
+// each, zeros past d, whose internal rounding is the hardware's and only
+// emulated here), then one rounded product with beta. Every kernel that
+// needs a score (median, forward, backward) issues that same sequence on
+// the same operands, so a score has the same bits everywhere. Must be called by every thread
 // of the block (it synchronizes); it begins with a barrier, so the caller
 // may still be reading the previous tile's results when it calls.
 template <class T>
