@@ -414,6 +414,66 @@ fn check_attention(what: &str, cfg: AttentionConfig) {
     });
 }
 
+/// The node on the fused kernels (their sources under the host emulation)
+/// against the node on the fast CPU path, whose gradients the finite
+/// differences above check: dyadic Q and K give both the same scores, so the
+/// statistics agree exactly and the gradients to f32 round-off, in f32 and
+/// in bf16 (both round the inputs alike).
+#[test]
+fn attention_node_on_the_fused_kernels_agrees_with_the_cpu_path() {
+    use lwpf::op::Precision;
+    let shape = [2, 2, 5, 8];
+    let dyadic = |seed: u64| {
+        let mut t = random(&shape, seed, 1.0);
+        t.data_mut().iter_mut().for_each(|x| *x = (*x * 8.0).round() / 8.0);
+        t
+    };
+    let (q, k, v) = (dyadic(21), dyadic(22), random(&shape, 23, 1.0));
+    let d_o = random(&shape, 24, 1.0);
+    let pfu = Forgetting::Pfu(Pfu::median_preset());
+    for precision in [Precision::F32, Precision::Bf16] {
+        for (name, forgetting, dropout) in
+            [("relu", Forgetting::Relu, 0.0), ("pfu median, dropout", pfu, 0.2)]
+        {
+            let cfg = AttentionConfig {
+                beta: Some(0.25),
+                forgetting,
+                drop_forgotten: false,
+                dropout,
+                seed: 5,
+                training: true,
+                precision,
+            };
+            let run = |backend| {
+                let params = ParamStore::new();
+                let mut t = Tape::new(&params);
+                let vars = [t.leaf(q.clone()), t.leaf(k.clone()), t.leaf(v.clone())];
+                let o = t.attention((vars[0], vars[1], vars[2]), None, &cfg, backend).unwrap();
+                let stats = t.attention_stats()[0];
+                let grads = t.backward_with(o, d_o.data()).unwrap();
+                let g: Vec<Vec<f32>> =
+                    vars.iter().map(|&x| grads.get(x).unwrap().data().to_vec()).collect();
+                (stats, g)
+            };
+            let name = format!("{} {name}", precision.name());
+            let (cpu_stats, cpu) = run(Backend::Cpu);
+            let (emu_stats, emu) = run(Backend::Emulated);
+            assert_eq!(emu_stats, cpu_stats, "{name}: statistics");
+            if forgetting != Forgetting::Relu {
+                assert!(cpu_stats.at_median > 0, "{name}: the center gradient takes part");
+            }
+            for (t, a, b) in
+                [("dQ", &emu[0], &cpu[0]), ("dK", &emu[1], &cpu[1]), ("dV", &emu[2], &cpu[2])]
+            {
+                let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+                let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+                let e = (num / den).sqrt();
+                assert!(den > 0.0 && e < 1e-4, "{name}: {t} rel err {e:e}");
+            }
+        }
+    }
+}
+
 #[test]
 fn attention_node_gradients_plain() {
     check_attention("attention, no forgetting", AttentionConfig::default());

@@ -191,4 +191,46 @@ mod on_gpu {
             }
         }
     }
+
+    /// The autograd node's path: the forward leaves its tensors on the
+    /// device, and the backward on them gives the uploading backward's bits;
+    /// a backward of another call's options is refused.
+    #[test]
+    fn resident_backward_gives_the_uploading_backwards_bits() {
+        if !gpu("resident_backward_gives_the_uploading_backwards_bits") {
+            return;
+        }
+        let seed = common::run_seed("resident backward");
+        let mut r = common::rng(seed);
+        let shape = Shape { d_v: 48, ..Shape::new(2, 3, 130, 97, 64) };
+        let (q, k, v) = (
+            common::uniform(&mut r, shape.q_len()),
+            common::uniform(&mut r, shape.k_len()),
+            common::uniform(&mut r, shape.v_len()),
+        );
+        let g = common::uniform(&mut r, shape.o_len());
+        let m = common::mask(&mut r, shape.batch, shape.n_k, false);
+        let input = AttentionInput { q: &q, k: &k, v: &v, valid: Some(&m), shape };
+        for precision in [Precision::F32, Precision::Bf16] {
+            let cfg = AttentionConfig {
+                forgetting: lwpf::op::Forgetting::Pfu(lwpf::op::Pfu::median_preset()),
+                dropout: 0.1,
+                seed,
+                training: true,
+                precision,
+                ..Default::default()
+            };
+            let (f, saved) = op::forward_saving(&input, &cfg, Backend::Cuda).expect("forward");
+            assert!(saved.on_device(), "the CUDA forward keeps its tensors");
+            let a = op::backward_saved(&input, &cfg, (&f, &saved), &g, Backend::Cuda).unwrap();
+            let b = cuda_backward(&input, &cfg, &f, &g).expect("backward");
+            for (t, x, y) in [("dQ", &a.dq, &b.dq), ("dK", &a.dk, &b.dk), ("dV", &a.dv, &b.dv)] {
+                let same = x.iter().zip(y.iter()).all(|(p, q)| p.to_bits() == q.to_bits());
+                assert!(same, "{}: {t} differs", precision.name());
+            }
+            let other = AttentionConfig { seed: seed ^ 1, ..cfg };
+            let e = op::backward_saved(&input, &other, (&f, &saved), &g, Backend::Cuda);
+            assert!(matches!(e, Err(lwpf::Error::InvalidConfig { .. })), "{e:?}");
+        }
+    }
 }

@@ -1,10 +1,12 @@
 //! Partially forgetting attention as one node of the tape: the forward and
-//! backward passes are the op's own ([`crate::op::forward`],
-//! [`crate::op::backward`]), never re-derived here.
+//! backward passes are the op's own ([`crate::op::forward_saving`],
+//! [`crate::op::backward_saved`]), never re-derived here. On the CUDA
+//! backend the node keeps the call's tensors on the device, and its
+//! backward runs the fused backward kernels on them.
 
 use super::{Contrib, Op, Tape, Tensor, Var, expect_rank};
 use crate::error::{Error, Result};
-use crate::op::{self, AttentionConfig, AttentionInput, Backend, Forward, Shape};
+use crate::op::{self, AttentionConfig, AttentionInput, Backend, Forward, Saved, Shape};
 
 pub(super) struct AttentionSaved {
     q: Var,
@@ -15,6 +17,7 @@ pub(super) struct AttentionSaved {
     backend: Backend,
     shape: Shape,
     fwd: Forward,
+    saved: Saved,
 }
 
 impl Tape<'_> {
@@ -49,7 +52,7 @@ impl Tape<'_> {
             valid,
             shape,
         };
-        let mut fwd = op::forward(&input, cfg, backend)?;
+        let (mut fwd, saved) = op::forward_saving(&input, cfg, backend)?;
         self.attention.push(fwd.stats);
 
         let out_shape = vec![shape.batch, shape.heads, shape.n_q, shape.d_v];
@@ -67,6 +70,7 @@ impl Tape<'_> {
             backend,
             shape,
             fwd,
+            saved,
         };
         Ok(self.push(value, Op::Attention(Box::new(saved)), &[q, k, v]))
     }
@@ -84,7 +88,7 @@ impl Tape<'_> {
             valid: s.valid.as_deref(),
             shape: s.shape,
         };
-        let grads = op::backward(&input, &s.cfg, &s.fwd, g, s.backend)?;
+        let grads = op::backward_saved(&input, &s.cfg, (&s.fwd, &s.saved), g, s.backend)?;
         out.push((s.q, Contrib::Full(grads.dq)));
         out.push((s.k, Contrib::Full(grads.dk)));
         out.push((s.v, Contrib::Full(grads.dv)));

@@ -267,6 +267,10 @@ pub enum Backend {
     Unfused,
     /// The fused CUDA kernels.
     Cuda,
+    /// The same kernel sources under the host emulation (`kernels/emu/`):
+    /// the fused kernels' code on the CPU, far too slow for real work, for
+    /// tests where no GPU is (the backward's dQ in the deterministic mode).
+    Emulated,
 }
 
 impl Backend {
@@ -276,6 +280,7 @@ impl Backend {
             Backend::Cpu => "cpu",
             Backend::Unfused => "unfused",
             Backend::Cuda => "cuda",
+            Backend::Emulated => "emulated",
         }
     }
 }
@@ -326,9 +331,12 @@ pub fn forward(input: &AttentionInput, cfg: &AttentionConfig, backend: Backend) 
     cfg.validate()?;
     input.validate()?;
     input.check_precision(cfg.precision)?;
-    if backend == Backend::Cuda {
-        // Also for empty calls: a request for CUDA where it cannot run fails.
-        return cuda_forward(input, cfg);
+    // The kernel backends round to the precision themselves (they read the
+    // 16-bit words), and a request for CUDA fails even for an empty call.
+    match backend {
+        Backend::Cuda => return cuda_forward(input, cfg),
+        Backend::Emulated => return kernels::emulated::forward(input, cfg),
+        _ => {}
     }
     let s = input.shape;
     if s.n_q == 0 || s.n_k == 0 {
@@ -350,7 +358,7 @@ pub fn forward(input: &AttentionInput, cfg: &AttentionConfig, backend: Backend) 
         Backend::Reference => Ok(reference::forward(input, cfg)),
         Backend::Cpu => Ok(fast::forward(input, cfg)),
         Backend::Unfused => Ok(unfused::forward(input, cfg)),
-        Backend::Cuda => cuda_forward(input, cfg),
+        Backend::Cuda | Backend::Emulated => unreachable!("dispatched above"),
     }
 }
 
@@ -377,9 +385,13 @@ pub fn backward(
         }
     }
     check_finite("dO", d_o)?;
-    if backend == Backend::Cuda {
-        // Also for empty calls: a request for CUDA where it cannot run fails.
-        return cuda_backward(input, cfg, fwd, d_o);
+    match backend {
+        Backend::Cuda => return cuda_backward(input, cfg, fwd, d_o),
+        Backend::Emulated => {
+            let mode = kernels::backward::DqMode::Deterministic;
+            return kernels::emulated::backward(input, cfg, fwd, d_o, mode);
+        }
+        _ => {}
     }
     if s.n_q == 0 || s.n_k == 0 {
         return Ok(Grads {
@@ -394,6 +406,64 @@ pub fn backward(
         Backend::Reference => Ok(reference::backward(input, cfg, fwd, d_o)),
         Backend::Cpu => Ok(fast::backward(input, cfg, fwd, d_o)),
         Backend::Unfused => Ok(unfused::backward(input, cfg, fwd, d_o)),
-        Backend::Cuda => cuda_backward(input, cfg, fwd, d_o),
+        Backend::Cuda | Backend::Emulated => unreachable!("dispatched above"),
     }
+}
+
+/// What a forward call keeps for its own backward beyond [`Forward`]: on
+/// the CUDA backend, its tensors left on the device (Q, K, V in the call's
+/// precision, the mask, O and lse), so that [`backward_saved`] uploads only
+/// dO. Empty on the other backends.
+#[derive(Default)]
+pub struct Saved {
+    #[cfg(feature = "cuda")]
+    device: Option<kernels::cuda::DeviceCall>,
+}
+
+impl Saved {
+    /// Whether the call's tensors are held on the device.
+    pub fn on_device(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        {
+            self.device.is_some()
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            false
+        }
+    }
+}
+
+/// [`forward`], also returning what the call's backward reuses.
+pub fn forward_saving(
+    input: &AttentionInput,
+    cfg: &AttentionConfig,
+    backend: Backend,
+) -> Result<(Forward, Saved)> {
+    #[cfg(feature = "cuda")]
+    if backend == Backend::Cuda {
+        let (fwd, device) = kernels::cuda::forward_resident(input, cfg)?;
+        return Ok((fwd, Saved { device }));
+    }
+    Ok((forward(input, cfg, backend)?, Saved::default()))
+}
+
+/// [`backward`] of a call made by [`forward_saving`] with the same input,
+/// options and backend, on the tensors it saved where it saved any.
+pub fn backward_saved(
+    input: &AttentionInput,
+    cfg: &AttentionConfig,
+    (fwd, saved): (&Forward, &Saved),
+    d_o: &[f32],
+    backend: Backend,
+) -> Result<Grads> {
+    #[cfg(feature = "cuda")]
+    if backend == Backend::Cuda
+        && let Some(call) = &saved.device
+    {
+        let mode = kernels::backward::DqMode::Deterministic;
+        return kernels::cuda::backward_resident(call, input, cfg, fwd, d_o, mode);
+    }
+    let _ = saved;
+    backward(input, cfg, fwd, d_o, backend)
 }
