@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared check of the CUDA backend on a lent H200 (no internet there):
 # the kernel tests against the CPU reference, then a short bench of the fused
-# kernels next to PyTorch's scaled_dot_product_attention at the same shapes.
+# kernels against the unfused baseline (the criterion bench's quick sweep)
+# and PyTorch's scaled_dot_product_attention at the same shapes.
 # Everything is logged under $OUT (default: /tmp/lwpf-gpu-out); under 8 minutes (each
 # step has a timeout; eight files come back: the log, three test logs, two
 # sanitizer logs and the two bench tables).
@@ -63,12 +64,12 @@ build_into() {
     for t in "${tests[@]}"; do args+=(--test "$t"); done
     cargo test --features cuda --no-run --message-format=json "${args[@]}" | executables \
         >"$dest/list.tmp"
-    cargo build --release --features cuda --example cuda_bench --message-format=json \
+    cargo bench --features cuda --bench attention --no-run --message-format=json \
         | executables >>"$dest/list.tmp"
     : >"$dest/list"
     while read -r name path; do
         # Only the test binaries and the bench (not the crate's CLI).
-        case " ${tests[*]} cuda_bench " in
+        case " ${tests[*]} attention " in
             *" $name "*) ;;
             *) continue ;;
         esac
@@ -153,8 +154,9 @@ for tool in racecheck memcheck; do
     fi
 done
 
-step "bench: fused kernels"
-timeout 80 "$bin/cuda_bench" --quick | tee "$OUT/bench-lwpf.md" || status=1
+step "bench: fused kernels against the unfused baseline (criterion, quick sweep)"
+LWPF_BENCH_QUICK=1 LWPF_BENCH_TABLE="$OUT/bench-lwpf.md" timeout 150 "$bin/attention" --bench '^cuda/' \
+    || status=1
 
 step "bench: PyTorch SDPA"
 PYTHONUNBUFFERED=1 timeout 45 python3 scripts/sdpa_bench.py --quick \

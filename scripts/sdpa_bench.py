@@ -1,5 +1,5 @@
-"""PyTorch scaled_dot_product_attention at the shapes of examples/cuda_bench.rs
-(B * N = 16k, H = 16, D = 64, N in {1k, 2k, 4k}), forward and backward timed
+"""PyTorch scaled_dot_product_attention at the shapes of the CUDA benches in
+benches/attention.rs (B * N = 16k, H = 16, D = 64, N in {1k, 2k, 4k}), forward and backward timed
 with CUDA events (median of runs after warm-up), f32 and bf16, printed as a
 markdown table. Run by scripts/gpu-check.sh; needs only torch and a GPU."""
 import statistics

@@ -11,11 +11,13 @@
 //! Calls are serialized on the context's default stream. A call of
 //! [`forward`] or [`backward`] copies its inputs to the device and its
 //! results back; [`forward_resident`] keeps a call's tensors there for
-//! [`backward_resident`] (the autograd node's path). The unfused baseline is in
+//! [`backward_resident`] (the autograd node's path), and [`bench::BenchCall`]
+//! keeps a whole call there for timing. The unfused baseline is in
 //! [`unfused_forward`] and [`unfused_backward`].
 
 use std::sync::{Arc, Mutex, OnceLock};
 
+pub mod bench;
 mod unfused;
 
 pub use unfused::{unfused_backward, unfused_forward};
