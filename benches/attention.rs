@@ -230,16 +230,24 @@ mod gpu {
                         }
                     }
                 }
+                write_table(&rows);
             }
         }
         g.finish();
-        let table = summary(&rows);
-        println!("\n{table}");
+        println!("\n{}", write_table(&rows));
+    }
+
+    /// The table of the cases measured so far, written to
+    /// `$LWPF_BENCH_TABLE` when that is set (after every shape, so that a
+    /// run cut short keeps what it measured) and returned.
+    fn write_table(rows: &[Row]) -> String {
+        let table = summary(rows);
         if let Some(path) = std::env::var_os("LWPF_BENCH_TABLE")
             && let Err(e) = std::fs::write(&path, &table)
         {
             eprintln!("cuda benches: could not write {}: {e}", path.to_string_lossy());
         }
+        table
     }
 
     /// The markdown table of the measured cases: per case the fused and

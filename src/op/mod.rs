@@ -246,6 +246,24 @@ pub struct Forward {
     pub stats: CallStats,
 }
 
+impl Forward {
+    /// The forward of a call without scores (no queries or no keys): every
+    /// row is empty (SPEC section 6).
+    pub fn empty(shape: Shape, cfg: &AttentionConfig) -> Forward {
+        let s = shape;
+        Forward {
+            o: vec![0.0; s.o_len()],
+            lse: vec![f32::NEG_INFINITY; s.rows()],
+            stats: CallStats {
+                threshold: Threshold::resolve(cfg, None),
+                forgotten: 0,
+                entries: 0,
+                at_median: 0,
+            },
+        }
+    }
+}
+
 /// Gradients of the backward pass.
 #[derive(Clone, Debug)]
 pub struct Grads {
@@ -340,17 +358,7 @@ pub fn forward(input: &AttentionInput, cfg: &AttentionConfig, backend: Backend) 
     }
     let s = input.shape;
     if s.n_q == 0 || s.n_k == 0 {
-        // No score at all: every row is empty (SPEC section 6).
-        return Ok(Forward {
-            o: vec![0.0; s.o_len()],
-            lse: vec![f32::NEG_INFINITY; s.rows()],
-            stats: CallStats {
-                threshold: Threshold::resolve(cfg, None),
-                forgotten: 0,
-                entries: 0,
-                at_median: 0,
-            },
-        });
+        return Ok(Forward::empty(s, cfg));
     }
     let rounded = RoundedInput::new(input, cfg.precision);
     let input = &rounded.as_ref().map_or(*input, |r| r.input(input));
@@ -362,15 +370,14 @@ pub fn forward(input: &AttentionInput, cfg: &AttentionConfig, backend: Backend) 
     }
 }
 
-/// Backward pass: the gradients of a scalar loss with respect to Q, K and V,
-/// given its gradient `d_o` with respect to the output of `fwd`.
-pub fn backward(
+/// What every backend's backward checks (SPEC section 6): the options, the
+/// input, and O, lse and dO of the call's shape, dO finite.
+pub fn check_backward_input(
     input: &AttentionInput,
     cfg: &AttentionConfig,
     fwd: &Forward,
     d_o: &[f32],
-    backend: Backend,
-) -> Result<Grads> {
+) -> Result<()> {
     cfg.validate()?;
     input.validate()?;
     input.check_precision(cfg.precision)?;
@@ -384,7 +391,20 @@ pub fn backward(
             return Err(Error::ShapeMismatch { tensor, got, expected, shape: s.to_string() });
         }
     }
-    check_finite("dO", d_o)?;
+    check_finite("dO", d_o)
+}
+
+/// Backward pass: the gradients of a scalar loss with respect to Q, K and V,
+/// given its gradient `d_o` with respect to the output of `fwd`.
+pub fn backward(
+    input: &AttentionInput,
+    cfg: &AttentionConfig,
+    fwd: &Forward,
+    d_o: &[f32],
+    backend: Backend,
+) -> Result<Grads> {
+    check_backward_input(input, cfg, fwd, d_o)?;
+    let s = input.shape;
     match backend {
         Backend::Cuda => return cuda_backward(input, cfg, fwd, d_o),
         Backend::Emulated => {

@@ -24,7 +24,7 @@ use super::params::*;
 use super::{THREADS, check_limits, tiled_grid};
 use crate::error::{Error, Result};
 use crate::op::{
-    AttentionConfig, AttentionInput, Forward, Grads, Precision, Shape, check_finite, philox,
+    AttentionConfig, AttentionInput, Forward, Grads, Precision, Shape, check_backward_input, philox,
 };
 
 /// How the fused backward writes dQ.
@@ -133,21 +133,9 @@ pub fn check_backward(
     d_o: &[f32],
     backend: &'static str,
 ) -> Result<BackwardTiles> {
-    cfg.validate()?;
-    input.validate()?;
-    input.check_precision(cfg.precision)?;
+    check_backward_input(input, cfg, fwd, d_o)?;
     check_limits(input, backend)?;
     let s = input.shape;
-    for (tensor, got, expected) in [
-        ("dO", d_o.len(), s.o_len()),
-        ("O", fwd.o.len(), s.o_len()),
-        ("lse", fwd.lse.len(), s.rows()),
-    ] {
-        if got != expected {
-            return Err(Error::ShapeMismatch { tensor, got, expected, shape: s.to_string() });
-        }
-    }
-    check_finite("dO", d_o)?;
     BackwardTiles::for_shape(s).ok_or_else(|| Error::BackendUnavailable {
         backend,
         reason: format!(

@@ -17,7 +17,7 @@ use super::{
     host_threshold, median_params, median_state, tiled_grid, uses_median_kernels, valid_entries,
 };
 use crate::error::{Error, Result};
-use crate::op::{AttentionConfig, AttentionInput, CallStats, Forward, Grads, Precision, Threshold};
+use crate::op::{AttentionConfig, AttentionInput, Forward, Grads, Precision};
 
 // The launchers of kernels/emu/launch.cpp: each runs one kernel over
 // `grid` blocks of `block` threads.
@@ -134,16 +134,7 @@ pub fn forward(input: &AttentionInput, cfg: &AttentionConfig) -> Result<Forward>
     check_limits(input, "emulated")?;
     let s = input.shape;
     if s.n_q == 0 || s.n_k == 0 {
-        return Ok(Forward {
-            o: vec![0.0; s.o_len()],
-            lse: vec![f32::NEG_INFINITY; s.rows()],
-            stats: CallStats {
-                threshold: Threshold::resolve(cfg, None),
-                forgotten: 0,
-                entries: 0,
-                at_median: 0,
-            },
-        });
+        return Ok(Forward::empty(s, cfg));
     }
     let entries = valid_entries(input);
     let median_kernels = uses_median_kernels(cfg, entries);

@@ -40,7 +40,8 @@ use params::*;
 use std::ffi::c_void;
 
 use super::{
-    AttentionConfig, AttentionInput, Bias, CallStats, Forgetting, Precision, Threshold, philox,
+    AttentionConfig, AttentionInput, Bias, CallStats, Forgetting, Forward, Precision, Threshold,
+    philox,
 };
 use crate::error::{Error, Result};
 
@@ -171,6 +172,37 @@ pub struct CallPointers {
     pub o: *mut f32,
     pub lse: *mut f32,
     pub forgotten: *mut u32,
+}
+
+impl CallPointers {
+    /// Only the median's state: what the selection step reads, for the
+    /// unfused baseline, whose histogram pass reads S rather than Q and K.
+    pub fn state_only(state: *mut LwpfMedianState) -> Self {
+        CallPointers {
+            q: std::ptr::null(),
+            k: std::ptr::null(),
+            v: std::ptr::null(),
+            valid: std::ptr::null(),
+            state,
+            threshold: std::ptr::null(),
+            o: std::ptr::null_mut(),
+            lse: std::ptr::null_mut(),
+            forgotten: std::ptr::null_mut(),
+        }
+    }
+}
+
+/// The threshold the forward `fwd` used, as the backward kernels read it
+/// from device memory.
+pub fn forward_threshold(fwd: &Forward) -> LwpfThreshold {
+    let t = fwd.stats.threshold;
+    LwpfThreshold {
+        z: t.z,
+        b: t.b,
+        m: t.m.unwrap_or(f32::NAN),
+        has_median: t.m.is_some() as i32,
+        at_median: fwd.stats.at_median,
+    }
 }
 
 /// Parameters of the median pass `pass` (histogram and selection alike).

@@ -16,14 +16,14 @@ use super::backward::{
 use super::emulated::launch_backward;
 use super::params::*;
 use super::{
-    CallPointers, THREADS, call_stats, check_limits, host_threshold, median_params, median_state,
-    uses_median_kernels, valid_entries,
+    CallPointers, THREADS, call_stats, check_limits, forward_threshold, host_threshold,
+    median_params, median_state, uses_median_kernels, valid_entries,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gemm::{Par, Trans, sgemm};
 use crate::op::{
-    AttentionConfig, AttentionInput, CallStats, Forward, Grads, Precision, RoundedInput, Threshold,
-    check_finite, philox,
+    AttentionConfig, AttentionInput, Forward, Grads, Precision, RoundedInput, check_backward_input,
+    philox,
 };
 
 unsafe extern "C" {
@@ -133,16 +133,7 @@ pub fn emulated_forward(input: &AttentionInput, cfg: &AttentionConfig) -> Result
     let input = &rounded.as_ref().map_or(*input, |r| r.input(input));
     let s = input.shape;
     if s.n_q == 0 || s.n_k == 0 {
-        return Ok(Forward {
-            o: vec![0.0; s.o_len()],
-            lse: vec![f32::NEG_INFINITY; s.rows()],
-            stats: CallStats {
-                threshold: Threshold::resolve(cfg, None),
-                forgotten: 0,
-                entries: 0,
-                at_median: 0,
-            },
-        });
+        return Ok(Forward::empty(s, cfg));
     }
     let sc = scores(input, cfg.beta_for(s.d));
     let entries = valid_entries(input);
@@ -159,17 +150,7 @@ pub fn emulated_forward(input: &AttentionInput, cfg: &AttentionConfig) -> Result
     p.state_ptr = &mut *state;
     p.threshold_ptr = &*threshold;
     if median_kernels {
-        let ptr = CallPointers {
-            q: std::ptr::null(),
-            k: std::ptr::null(),
-            v: std::ptr::null(),
-            valid: std::ptr::null(),
-            state: p.state_ptr,
-            threshold: std::ptr::null(),
-            o: std::ptr::null_mut(),
-            lse: std::ptr::null_mut(),
-            forgotten: std::ptr::null_mut(),
-        };
+        let ptr = CallPointers::state_only(p.state_ptr);
         for pass in 0..LWPF_RADIX_PASSES as i32 {
             p.pass = pass;
             launch(Kernel::MedianHist, hist_grid(s.rows()) as usize, &p);
@@ -201,23 +182,11 @@ pub fn emulated_backward(
     fwd: &Forward,
     d_o: &[f32],
 ) -> Result<Grads> {
-    cfg.validate()?;
-    input.validate()?;
-    input.check_precision(cfg.precision)?;
+    check_backward_input(input, cfg, fwd, d_o)?;
     check_limits(input, "emulated unfused")?;
     let rounded = RoundedInput::new(input, cfg.precision);
     let input = &rounded.as_ref().map_or(*input, |r| r.input(input));
     let s = input.shape;
-    for (tensor, got, expected) in [
-        ("dO", d_o.len(), s.o_len()),
-        ("O", fwd.o.len(), s.o_len()),
-        ("lse", fwd.lse.len(), s.rows()),
-    ] {
-        if got != expected {
-            return Err(Error::ShapeMismatch { tensor, got, expected, shape: s.to_string() });
-        }
-    }
-    check_finite("dO", d_o)?;
     if s.n_q == 0 || s.n_k == 0 {
         return Ok(super::backward::empty_grads(input));
     }
@@ -229,14 +198,7 @@ pub fn emulated_backward(
     let t = (Trans::No, Trans::Yes);
     batched(bh, t, (s.n_q, s.n_k, s.d_v), 1.0, (d_o, s.d_v), (input.v, s.d_v), &mut ds);
 
-    let thr = fwd.stats.threshold;
-    let threshold = Box::new(LwpfThreshold {
-        z: thr.z,
-        b: thr.b,
-        m: thr.m.unwrap_or(f32::NAN),
-        has_median: thr.m.is_some() as i32,
-        at_median: fwd.stats.at_median,
-    });
+    let threshold = Box::new(forward_threshold(fwd));
     let mut delta = vec![f32::NAN; s.rows()];
     let mut center_rows = vec![f32::NAN; s.rows()];
     let mut center = Box::new(LwpfCenterGrad::default());

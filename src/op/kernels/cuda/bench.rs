@@ -1,13 +1,15 @@
 //! One call of the op held on the device for timing: its inputs uploaded
 //! once, its buffers allocated once, and its passes enqueued as often as a
 //! benchmark asks, with nothing copied and nothing waited for in between.
-//! `benches/attention.rs` and `examples/cuda_bench.rs` time the fused
-//! kernels against the unfused baseline through it.
+//! `benches/attention.rs` times the fused kernels against the unfused
+//! baseline through it.
 
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys;
 
-use super::super::backward::{BackwardTiles, DqMode, check_backward};
+use super::super::backward::{BackwardTiles, DqMode};
+use super::super::check_limits;
+use super::super::params::LWPF_BWD_MAX_D;
 use super::unfused::{UnfusedBackward, UnfusedBuffers, blas};
 use super::{BackwardBuffers, ForwardBuffers, Runtime, device_error, runtime};
 use crate::error::{Error, Result};
@@ -102,40 +104,41 @@ impl<'a> BenchCall<'a> {
                 what: format!("a call of shape {s} has no scores to time"),
             });
         }
+        // Both paths run the fused backward's kernels (its center gradient
+        // and Delta) and hold the same limits; checked before any launch.
+        check_limits(&input, "cuda")?;
+        let tiles = BackwardTiles::for_shape(s).ok_or_else(|| Error::BackendUnavailable {
+            backend: "cuda",
+            reason: format!("the fused backward supports D, Dv <= {LWPF_BWD_MAX_D}, got {s}"),
+        })?;
         let rt = runtime()?;
         let _one_call = rt.lock.lock().unwrap_or_else(|e| e.into_inner());
         let st = &rt.stream;
-        let ctx = st.context();
-        let free =
-            || ctx.mem_get_info().map(|(free, _)| free).map_err(device_error("mem_get_info"));
-        let free_before = free()?;
-        let (fwd, kind) = match path {
+        let (fwd, kind, device_bytes) = match path {
             Path::Fused(mode) => {
                 let mut f = ForwardBuffers::upload(st, &input, cfg)?;
                 f.enqueue(rt, &input, cfg)?;
                 let fwd = f.download(st, cfg)?;
-                let tiles = check_backward(&input, cfg, &fwd, &fwd.o, "cuda")?;
                 let b = BackwardBuffers::upload(st, s, &fwd.o)?;
-                (fwd, Kind::Fused { f: Box::new(f), b: Box::new(b), mode, tiles })
+                let device_bytes = f.bytes() + b.bytes();
+                (fwd, Kind::Fused { f: Box::new(f), b: Box::new(b), mode, tiles }, device_bytes)
             }
             Path::Unfused => {
                 let blas = blas(rt)?;
                 let rounded = RoundedInput::new(&input, cfg.precision);
                 let rounded_input = rounded.as_ref().map_or(input, |r| r.input(&input));
-                super::super::check_limits(&input, "cuda unfused")?;
                 let mut u = UnfusedBuffers::upload(st, &rounded_input, cfg)?;
                 u.enqueue_forward(rt, blas, &input, cfg)?;
                 let fwd = u.forward_results(st, cfg)?;
                 let b = UnfusedBackward::upload(st, &input, &fwd, &fwd.o)?;
-                (fwd, Kind::Unfused { blas, u: Box::new(u), b: Box::new(b) })
+                let device_bytes = u.bytes() + b.bytes();
+                (fwd, Kind::Unfused { blas, u: Box::new(u), b: Box::new(b) }, device_bytes)
             }
         };
-        let mut call = BenchCall { rt, input, cfg: *cfg, fwd, kind, device_bytes: 0 };
-        // The first backward allocates what it allocates on first use (the
-        // cuBLAS workspace): counted in, as part of what the path holds.
+        let mut call = BenchCall { rt, input, cfg: *cfg, fwd, kind, device_bytes };
+        // One backward, so that whatever fails there fails here.
         call.enqueue_unlocked(Pass::Backward)?;
-        st.synchronize().map_err(device_error("running the call"))?;
-        call.device_bytes = free_before.saturating_sub(free()?);
+        call.synchronize()?;
         Ok(call)
     }
 
@@ -144,9 +147,9 @@ impl<'a> BenchCall<'a> {
         &self.fwd
     }
 
-    /// Device memory the call took when it was set up: its inputs, outputs,
-    /// gradients and every scratch buffer (the driver's free memory before
-    /// and after, so it counts whole allocation granules).
+    /// Device memory the call's buffers hold: inputs, outputs, gradients and
+    /// every scratch buffer, summed from their sizes (the cuBLAS handle's
+    /// own workspace, shared by every call, is not counted).
     pub fn device_bytes(&self) -> usize {
         self.device_bytes
     }

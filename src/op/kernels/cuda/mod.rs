@@ -23,8 +23,8 @@ mod unfused;
 pub use unfused::{unfused_backward, unfused_forward};
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
-    DriverError, LaunchConfig, PushKernelArg, sys,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError,
+    LaunchConfig, PushKernelArg, sys,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -39,9 +39,7 @@ use super::{
     valid_entries,
 };
 use crate::error::{Error, Result};
-use crate::op::{
-    AttentionConfig, AttentionInput, CallStats, Forward, Grads, Precision, Shape, Threshold,
-};
+use crate::op::{AttentionConfig, AttentionInput, Forward, Grads, Precision, Shape};
 
 /// One compiled kernel file.
 pub struct KernelModule {
@@ -230,15 +228,38 @@ impl DeviceTensor {
         })
     }
 
-    fn device_ptr<'a>(
-        &'a self,
-        st: &'a CudaStream,
-    ) -> (sys::CUdeviceptr, cudarc::driver::SyncOnDrop<'a>) {
+    fn bytes(&self) -> usize {
         match self {
-            DeviceTensor::F32(x) => x.device_ptr(st),
-            DeviceTensor::Bits(x) => x.device_ptr(st),
+            DeviceTensor::F32(x) => bytes(x),
+            DeviceTensor::Bits(x) => bytes(x),
         }
     }
+
+    fn addr(&self, st: &CudaStream) -> *const std::ffi::c_void {
+        match self {
+            DeviceTensor::F32(x) => addr(x, st) as *const std::ffi::c_void,
+            DeviceTensor::Bits(x) => addr(x, st) as *const std::ffi::c_void,
+        }
+    }
+}
+
+/// The device address of `x`, for a kernel's parameter struct. Every copy
+/// and launch of this backend runs on the runtime's one stream, which
+/// orders them, so the guard with which cudarc orders work across streams
+/// is let go at once.
+fn addr<T>(x: &CudaSlice<T>, st: &CudaStream) -> sys::CUdeviceptr {
+    x.device_ptr(st).0
+}
+
+/// The size of `x` on the device.
+fn bytes<T>(x: &CudaSlice<T>) -> usize {
+    x.len() * std::mem::size_of::<T>()
+}
+
+/// The threshold inside the median's state, which the selection writes.
+fn state_threshold(state: *mut LwpfMedianState) -> *const LwpfThreshold {
+    let offset = std::mem::offset_of!(LwpfMedianState, threshold);
+    state.cast::<u8>().wrapping_add(offset).cast::<LwpfThreshold>()
 }
 
 /// The key padding mask on the device as bytes, where the call has one.
@@ -317,30 +338,40 @@ impl ForwardBuffers {
             st.memcpy_dtod(&self.state0, &mut self.state)
                 .map_err(device_error("resetting the median state"))?;
         }
-        let [q, k, v] = &self.qkv;
-        let (q_ptr, _q) = q.device_ptr(st);
-        let (k_ptr, _k) = k.device_ptr(st);
-        let (v_ptr, _v) = v.device_ptr(st);
-        let valid_ptr = self.valid.as_ref().map(|m| m.device_ptr(st));
-        let (state_ptr, _state) = self.state.device_ptr_mut(st);
-        let (thr_ptr, _thr) = self.thr.device_ptr(st);
-        let (o_ptr, _o) = self.o.device_ptr_mut(st);
-        let (lse_ptr, _lse) = self.lse.device_ptr_mut(st);
-        let (forgotten_ptr, _forgotten) = self.forgotten.device_ptr_mut(st);
-        let mut ptr = CallPointers {
-            q: q_ptr as *const std::ffi::c_void,
-            k: k_ptr as *const std::ffi::c_void,
-            v: v_ptr as *const std::ffi::c_void,
-            valid: valid_ptr.as_ref().map_or(std::ptr::null(), |(p, _)| *p as *const u8),
-            state: state_ptr as *mut LwpfMedianState,
-            threshold: thr_ptr as *const LwpfThreshold,
-            o: o_ptr as *mut f32,
-            lse: lse_ptr as *mut f32,
-            forgotten: forgotten_ptr as *mut u32,
-        };
+        let mut ptr = self.pointers(st);
         // SAFETY: the pointers are this call's live device buffers, of the
         // sizes of `input`'s shape (the one they were uploaded for).
         unsafe { launch_forward(rt, input, cfg, &mut ptr, self.median_kernels) }
+    }
+
+    /// Device memory held by the buffers.
+    fn bytes(&self) -> usize {
+        let inputs: usize = self.qkv.iter().map(DeviceTensor::bytes).sum();
+        inputs
+            + self.valid.as_ref().map_or(0, bytes)
+            + bytes(&self.state)
+            + bytes(&self.state0)
+            + bytes(&self.thr)
+            + bytes(&self.o)
+            + bytes(&self.lse)
+            + bytes(&self.forgotten)
+    }
+
+    /// The buffers' device addresses, the host's threshold as the one the
+    /// forward reads.
+    fn pointers(&self, st: &CudaStream) -> CallPointers {
+        let [q, k, v] = &self.qkv;
+        CallPointers {
+            q: q.addr(st),
+            k: k.addr(st),
+            v: v.addr(st),
+            valid: self.valid.as_ref().map_or(std::ptr::null(), |m| addr(m, st) as *const u8),
+            state: addr(&self.state, st) as *mut LwpfMedianState,
+            threshold: addr(&self.thr, st) as *const LwpfThreshold,
+            o: addr(&self.o, st) as *mut f32,
+            lse: addr(&self.lse, st) as *mut f32,
+            forgotten: addr(&self.forgotten, st) as *mut u32,
+        }
     }
 
     /// Waits for the stream and copies the forward's results to the host.
@@ -403,39 +434,41 @@ impl BackwardBuffers {
             // The atomic mode adds into dQ.
             st.memset_zeros(&mut self.dq).map_err(device_error("clearing dQ"))?;
         }
-        let [q, k, v] = &f.qkv;
-        let (q_ptr, _q) = q.device_ptr(st);
-        let (k_ptr, _k) = k.device_ptr(st);
-        let (v_ptr, _v) = v.device_ptr(st);
-        let valid_ptr = f.valid.as_ref().map(|m| m.device_ptr(st));
-        let (o_ptr, _o) = f.o.device_ptr(st);
-        let (lse_ptr, _lse) = f.lse.device_ptr(st);
-        let (g_ptr, _g) = self.d_o.device_ptr(st);
-        let (delta_ptr, _delta) = self.delta.device_ptr_mut(st);
-        let (rows_ptr, _rows) = self.center_rows.device_ptr_mut(st);
-        let (center_ptr, _center) = self.center.device_ptr_mut(st);
-        let (dq_ptr, _dq) = self.dq.device_ptr_mut(st);
-        let (dk_ptr, _dk) = self.dk.device_ptr_mut(st);
-        let (dv_ptr, _dv) = self.dv.device_ptr_mut(st);
-        let ptr = BackwardPointers {
-            q: q_ptr as *const std::ffi::c_void,
-            k: k_ptr as *const std::ffi::c_void,
-            v: v_ptr as *const std::ffi::c_void,
-            valid: valid_ptr.as_ref().map_or(std::ptr::null(), |(p, _)| *p as *const u8),
-            o: o_ptr as *const f32,
-            lse: lse_ptr as *const f32,
-            d_o: g_ptr as *const f32,
-            delta: delta_ptr as *mut f32,
-            center_rows: rows_ptr as *mut f32,
-            center: center_ptr as *mut LwpfCenterGrad,
-            dq: dq_ptr as *mut f32,
-            dk: dk_ptr as *mut f32,
-            dv: dv_ptr as *mut f32,
-        };
+        let ptr = self.pointers(st, f);
         let p = backward_params(input, cfg, fwd, &ptr, mode);
         // SAFETY: `p` holds this call's live device buffers, of the sizes of
         // `input`'s shape; the caller checked that `tiles` holds the call.
         unsafe { launch_backward(rt, (input, cfg), fwd, &p, mode, tiles) }
+    }
+
+    /// Device memory held by the buffers.
+    fn bytes(&self) -> usize {
+        [&self.d_o, &self.delta, &self.center_rows, &self.dq, &self.dk, &self.dv]
+            .into_iter()
+            .map(bytes)
+            .sum::<usize>()
+            + bytes(&self.center)
+    }
+
+    /// The device addresses of the backward of the call whose forward
+    /// buffers are `f`.
+    fn pointers(&self, st: &CudaStream, f: &ForwardBuffers) -> BackwardPointers {
+        let x = f.pointers(st);
+        BackwardPointers {
+            q: x.q,
+            k: x.k,
+            v: x.v,
+            valid: x.valid,
+            o: x.o,
+            lse: x.lse,
+            d_o: addr(&self.d_o, st) as *const f32,
+            delta: addr(&self.delta, st) as *mut f32,
+            center_rows: addr(&self.center_rows, st) as *mut f32,
+            center: addr(&self.center, st) as *mut LwpfCenterGrad,
+            dq: addr(&self.dq, st) as *mut f32,
+            dk: addr(&self.dk, st) as *mut f32,
+            dv: addr(&self.dv, st) as *mut f32,
+        }
     }
 
     /// Waits for the stream and copies the gradients to the host.
@@ -447,21 +480,6 @@ impl BackwardBuffers {
             dk: st.clone_dtoh(&self.dk).map_err(&download)?,
             dv: st.clone_dtoh(&self.dv).map_err(&download)?,
         })
-    }
-}
-
-/// The forward of an empty call (no queries or no keys): nothing to launch.
-fn empty_forward(input: &AttentionInput, cfg: &AttentionConfig) -> Forward {
-    let s = input.shape;
-    Forward {
-        o: vec![0.0; s.o_len()],
-        lse: vec![f32::NEG_INFINITY; s.rows()],
-        stats: CallStats {
-            threshold: Threshold::resolve(cfg, None),
-            forgotten: 0,
-            entries: 0,
-            at_median: 0,
-        },
     }
 }
 
@@ -494,7 +512,7 @@ pub fn forward_resident(
     let rt = runtime()?;
     let s = input.shape;
     if s.n_q == 0 || s.n_k == 0 {
-        return Ok((empty_forward(input, cfg), None));
+        return Ok((Forward::empty(s, cfg), None));
     }
     let _one_call = rt.lock.lock().unwrap_or_else(|e| e.into_inner());
     let mut buffers = ForwardBuffers::upload(&rt.stream, input, cfg)?;
@@ -522,8 +540,7 @@ unsafe fn launch_forward(
         // SAFETY: the caller's promise on `ptr`.
         unsafe { launch_median(rt, input, cfg, ptr, grid)? };
         // The forward pass reads the threshold the selection wrote.
-        let offset = std::mem::offset_of!(LwpfMedianState, threshold);
-        ptr.threshold = ptr.state.cast::<u8>().wrapping_add(offset).cast::<LwpfThreshold>();
+        ptr.threshold = state_threshold(ptr.state);
     }
     let p = forward_params(input, cfg, ptr);
     // SAFETY: the kernel reads and writes only inside the buffers of `ptr`,

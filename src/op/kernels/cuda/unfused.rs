@@ -9,21 +9,22 @@ use std::sync::{Arc, OnceLock};
 
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaStream, PushKernelArg};
 
 use super::super::backward::{
-    BackwardKernel, BackwardPointers, BackwardTiles, DqMode, backward_params, empty_grads,
-    uses_center_gradient,
+    BackwardKernel, BackwardTiles, DqMode, backward_params, empty_grads, uses_center_gradient,
 };
 use super::super::params::*;
 use super::super::unfused::{SYMBOLS, hist_grid, unfused_params};
-use super::super::{CallPointers, THREADS, check_limits, median_params};
+use super::super::{CallPointers, THREADS, check_limits, forward_threshold, median_params};
 use super::{
-    BackwardBuffers, DeviceTensor, ForwardBuffers, Runtime, device_error, filled, forward,
-    launch_config, launch_median_select, runtime, unavailable,
+    BackwardBuffers, DeviceTensor, ForwardBuffers, Runtime, addr, bytes, device_error, filled,
+    forward, launch_config, launch_median_select, runtime, state_threshold, unavailable,
 };
-use crate::error::{Error, Result};
-use crate::op::{AttentionConfig, AttentionInput, Forward, Grads, Precision, RoundedInput};
+use crate::error::Result;
+use crate::op::{
+    AttentionConfig, AttentionInput, Forward, Grads, Precision, RoundedInput, check_backward_input,
+};
 
 /// cuBLAS for the unfused baseline, created on first use, so that a machine
 /// without libcublas still runs the fused kernels.
@@ -117,11 +118,17 @@ impl UnfusedBuffers {
     ) -> Result<Self> {
         let f32_cfg = AttentionConfig { precision: Precision::F32, ..*cfg };
         let n2 = input.shape.rows() * input.shape.n_k;
+        let alloc = device_error("allocating device memory");
         Ok(UnfusedBuffers {
             f: ForwardBuffers::upload(st, input, &f32_cfg)?,
-            s: filled(st, 0.0f32, n2)?,
-            w: filled(st, 0.0f32, n2)?,
+            s: st.alloc_zeros(n2).map_err(&alloc)?,
+            w: st.alloc_zeros(n2).map_err(&alloc)?,
         })
+    }
+
+    /// Device memory held by the buffers.
+    pub(super) fn bytes(&self) -> usize {
+        self.f.bytes() + bytes(&self.s) + bytes(&self.w)
     }
 
     /// Waits for the stream and copies the forward's results to the host.
@@ -164,46 +171,25 @@ impl UnfusedBuffers {
             st.memcpy_dtod(&self.f.state0, &mut self.f.state)
                 .map_err(device_error("resetting the median state"))?;
         }
-        {
-            let (s_ptr, _s) = self.s.device_ptr(st);
-            let (w_ptr, _w) = self.w.device_ptr_mut(st);
-            let valid_ptr = self.f.valid.as_ref().map(|m| m.device_ptr(st));
-            let (state_ptr, _state) = self.f.state.device_ptr_mut(st);
-            let (thr_ptr, _thr) = self.f.thr.device_ptr(st);
-            let (lse_ptr, _lse) = self.f.lse.device_ptr_mut(st);
-            let (forgotten_ptr, _forgotten) = self.f.forgotten.device_ptr_mut(st);
-            let mut p = unfused_params(input, cfg);
-            p.valid_ptr = valid_ptr.as_ref().map_or(std::ptr::null(), |(x, _)| *x as *const u8);
-            p.s_ptr = s_ptr as *const f32;
-            p.state_ptr = state_ptr as *mut LwpfMedianState;
-            p.threshold_ptr = thr_ptr as *const LwpfThreshold;
-            if self.f.median_kernels {
-                // The selection step reads only the state of the median's
-                // parameters.
-                let ptr = CallPointers {
-                    q: std::ptr::null(),
-                    k: std::ptr::null(),
-                    v: std::ptr::null(),
-                    valid: std::ptr::null(),
-                    state: p.state_ptr,
-                    threshold: std::ptr::null(),
-                    o: std::ptr::null_mut(),
-                    lse: std::ptr::null_mut(),
-                    forgotten: std::ptr::null_mut(),
-                };
-                for pass in 0..LWPF_RADIX_PASSES as i32 {
-                    p.pass = pass;
-                    launch_unfused(rt, 0, hist_grid(s.rows()), &p)?;
-                    launch_median_select(rt, &median_params(input, cfg, &ptr, pass))?;
-                }
-                let offset = std::mem::offset_of!(LwpfMedianState, threshold) as u64;
-                p.threshold_ptr = (state_ptr + offset) as *const LwpfThreshold;
+        let x = self.f.pointers(st);
+        let mut p = unfused_params(input, cfg);
+        p.valid_ptr = x.valid;
+        p.s_ptr = addr(&self.s, st) as *const f32;
+        p.state_ptr = x.state;
+        p.threshold_ptr = x.threshold;
+        if self.f.median_kernels {
+            let ptr = CallPointers::state_only(x.state);
+            for pass in 0..LWPF_RADIX_PASSES as i32 {
+                p.pass = pass;
+                launch_unfused(rt, 0, hist_grid(s.rows()), &p)?;
+                launch_median_select(rt, &median_params(input, cfg, &ptr, pass))?;
             }
-            p.w_ptr = w_ptr as *mut f32;
-            p.lse_ptr = lse_ptr as *mut f32;
-            p.forgotten_ptr = forgotten_ptr as *mut u32;
-            launch_unfused(rt, 1, s.rows() as u32, &p)?;
+            p.threshold_ptr = state_threshold(x.state);
         }
+        p.w_ptr = addr(&self.w, st) as *mut f32;
+        p.lse_ptr = x.lse;
+        p.forgotten_ptr = x.forgotten;
+        launch_unfused(rt, 1, s.rows() as u32, &p)?;
         let ForwardBuffers { qkv, o, .. } = &mut self.f;
         let [_, _, v] = f32_inputs(qkv)?;
         let bh = s.batch * s.heads;
@@ -229,19 +215,18 @@ impl UnfusedBackward {
         d_o: &[f32],
     ) -> Result<Self> {
         let s = input.shape;
-        let t = fwd.stats.threshold;
-        let thr = LwpfThreshold {
-            z: t.z,
-            b: t.b,
-            m: t.m.unwrap_or(f32::NAN),
-            has_median: t.m.is_some() as i32,
-            at_median: fwd.stats.at_median,
-        };
         Ok(UnfusedBackward {
             b: BackwardBuffers::upload(st, s, d_o)?,
-            thr: filled(st, thr, 1)?,
-            ds: filled(st, 0.0f32, s.rows() * s.n_k)?,
+            thr: filled(st, forward_threshold(fwd), 1)?,
+            ds: st
+                .alloc_zeros(s.rows() * s.n_k)
+                .map_err(device_error("allocating device memory"))?,
         })
+    }
+
+    /// Device memory held by the buffers.
+    pub(super) fn bytes(&self) -> usize {
+        self.b.bytes() + bytes(&self.thr) + bytes(&self.ds)
     }
 
     /// Enqueues the backward of the call whose forward buffers are `u` and
@@ -268,68 +253,43 @@ impl UnfusedBackward {
             gemm_rm(blas, bh, (false, true), dims, 1.0, (&b.d_o, s.d_v), (v, s.d_v), &mut self.ds)?
         };
         let center_gradient = uses_center_gradient(fwd);
-        {
-            let (o_ptr, _o) = u.f.o.device_ptr(st);
-            let (lse_ptr, _lse) = u.f.lse.device_ptr(st);
-            let (g_ptr, _g) = b.d_o.device_ptr(st);
-            let (thr_ptr, _thr) = self.thr.device_ptr(st);
-            let (delta_ptr, _delta) = b.delta.device_ptr_mut(st);
-            let (rows_ptr, _rows) = b.center_rows.device_ptr_mut(st);
-            let (center_ptr, _center) = b.center.device_ptr_mut(st);
-            let (s_ptr, _s) = u.s.device_ptr(st);
-            let (ds_ptr, _ds) = self.ds.device_ptr_mut(st);
-            let (w_ptr, _w) = u.w.device_ptr_mut(st);
-            let valid_ptr = u.f.valid.as_ref().map(|m| m.device_ptr(st));
-            let bptr = BackwardPointers {
-                q: std::ptr::null(),
-                k: std::ptr::null(),
-                v: std::ptr::null(),
-                valid: std::ptr::null(),
-                o: o_ptr as *const f32,
-                lse: lse_ptr as *const f32,
-                d_o: g_ptr as *const f32,
-                delta: delta_ptr as *mut f32,
-                center_rows: rows_ptr as *mut f32,
-                center: center_ptr as *mut LwpfCenterGrad,
-                dq: std::ptr::null_mut(),
-                dk: std::ptr::null_mut(),
-                dv: std::ptr::null_mut(),
-            };
-            let bp = backward_params(input, cfg, fwd, &bptr, DqMode::Deterministic);
-            // Neither kernel stages tiles: any build's entry is the same one.
-            let prep = rt.backward(BackwardKernel::Prep, Precision::F32, BackwardTiles::D64);
-            let reduce =
-                rt.backward(BackwardKernel::CenterReduce, Precision::F32, BackwardTiles::D64);
-            let rows_grid = s.rows().div_ceil(THREADS as usize) as u32;
-            // SAFETY: the prep kernel reads O and dO and writes Delta.
+        // The prep and center kernels read O, lse, dO and the row sums; the
+        // Q, K, V and gradient pointers are the baseline's f32 buffers,
+        // which neither reads.
+        let bptr = b.pointers(st, &u.f);
+        let bp = backward_params(input, cfg, fwd, &bptr, DqMode::Deterministic);
+        // Neither kernel stages tiles: any build's entry is the same one.
+        let prep = rt.backward(BackwardKernel::Prep, Precision::F32, BackwardTiles::D64);
+        let reduce = rt.backward(BackwardKernel::CenterReduce, Precision::F32, BackwardTiles::D64);
+        let rows_grid = s.rows().div_ceil(THREADS as usize) as u32;
+        // SAFETY: the prep kernel reads O and dO and writes Delta.
+        unsafe {
+            st.launch_builder(prep)
+                .arg(&bp)
+                .launch(launch_config(rows_grid))
+                .map_err(device_error("Delta"))?;
+        }
+        let mut p = unfused_params(input, cfg);
+        p.valid_ptr = bptr.valid;
+        p.s_ptr = addr(&u.s, st) as *const f32;
+        p.w_ptr = addr(&u.w, st) as *mut f32;
+        p.ds_ptr = addr(&self.ds, st) as *mut f32;
+        p.threshold_ptr = addr(&self.thr, st) as *const LwpfThreshold;
+        p.lse_ptr = bptr.lse as *mut f32;
+        p.delta_ptr = bptr.delta;
+        p.center_rows_ptr = bptr.center_rows;
+        p.center_ptr = bptr.center;
+        p.center_gradient = center_gradient as i32;
+        launch_unfused(rt, 2, s.rows() as u32, &p)?;
+        if center_gradient {
+            // SAFETY: the reduction reads the row sums and writes `center`.
             unsafe {
-                st.launch_builder(prep)
+                st.launch_builder(reduce)
                     .arg(&bp)
-                    .launch(launch_config(rows_grid))
-                    .map_err(device_error("Delta"))?;
+                    .launch(launch_config(1))
+                    .map_err(device_error("center gradient"))?;
             }
-            let mut p = unfused_params(input, cfg);
-            p.valid_ptr = valid_ptr.as_ref().map_or(std::ptr::null(), |(x, _)| *x as *const u8);
-            p.s_ptr = s_ptr as *const f32;
-            p.w_ptr = w_ptr as *mut f32;
-            p.ds_ptr = ds_ptr as *mut f32;
-            p.threshold_ptr = thr_ptr as *const LwpfThreshold;
-            p.lse_ptr = lse_ptr as *mut f32;
-            p.delta_ptr = delta_ptr as *const f32;
-            p.center_rows_ptr = rows_ptr as *mut f32;
-            p.center_ptr = center_ptr as *const LwpfCenterGrad;
-            p.center_gradient = center_gradient as i32;
-            launch_unfused(rt, 2, s.rows() as u32, &p)?;
-            if center_gradient {
-                // SAFETY: the reduction reads the row sums and writes `center`.
-                unsafe {
-                    st.launch_builder(reduce)
-                        .arg(&bp)
-                        .launch(launch_config(1))
-                        .map_err(device_error("center gradient"))?;
-                }
-                launch_unfused(rt, 3, s.rows() as u32, &p)?;
-            }
+            launch_unfused(rt, 3, s.rows() as u32, &p)?;
         }
         let (w, ds) = (&u.w, &self.ds);
         // SAFETY: dV [bh, Nk, Dv] = W^T dO; dQ [bh, Nq, D] = beta dS K;
@@ -346,21 +306,15 @@ impl UnfusedBackward {
     }
 }
 
-/// The checks of the baseline's entries, and `input` rounded to the call's
-/// precision where it is not f32.
-fn checked(input: &AttentionInput, cfg: &AttentionConfig) -> Result<Option<RoundedInput>> {
-    cfg.validate()?;
-    input.validate()?;
-    input.check_precision(cfg.precision)?;
-    check_limits(input, "cuda unfused")?;
-    Ok(RoundedInput::new(input, cfg.precision))
-}
-
 /// Forward pass (SPEC section 3) of the unfused baseline on the GPU: S by
 /// cuBLAS, the median by radix selection over S, the elementwise softmax,
 /// O by cuBLAS. Holds two `B * H * Nq * Nk` buffers.
 pub fn unfused_forward(input: &AttentionInput, cfg: &AttentionConfig) -> Result<Forward> {
-    let rounded = checked(input, cfg)?;
+    cfg.validate()?;
+    input.validate()?;
+    input.check_precision(cfg.precision)?;
+    check_limits(input, "cuda unfused")?;
+    let rounded = RoundedInput::new(input, cfg.precision);
     let input = &rounded.as_ref().map_or(*input, |r| r.input(input));
     let rt = runtime()?;
     let blas = blas(rt)?;
@@ -383,19 +337,11 @@ pub fn unfused_backward(
     fwd: &Forward,
     d_o: &[f32],
 ) -> Result<Grads> {
-    let rounded = checked(input, cfg)?;
+    check_backward_input(input, cfg, fwd, d_o)?;
+    check_limits(input, "cuda unfused")?;
+    let rounded = RoundedInput::new(input, cfg.precision);
     let input = &rounded.as_ref().map_or(*input, |r| r.input(input));
     let s = input.shape;
-    for (tensor, got, expected) in [
-        ("dO", d_o.len(), s.o_len()),
-        ("O", fwd.o.len(), s.o_len()),
-        ("lse", fwd.lse.len(), s.rows()),
-    ] {
-        if got != expected {
-            return Err(Error::ShapeMismatch { tensor, got, expected, shape: s.to_string() });
-        }
-    }
-    crate::op::check_finite("dO", d_o)?;
     let rt = runtime()?;
     let blas = blas(rt)?;
     if s.n_q == 0 || s.n_k == 0 {
