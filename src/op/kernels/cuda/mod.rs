@@ -498,6 +498,24 @@ pub struct DeviceCall {
     cfg: AttentionConfig,
 }
 
+impl DeviceCall {
+    /// The call's shape.
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    /// The output `[B, H, Nq, Dv]` on the device, for work that goes on
+    /// there; complete, since [`forward_resident`] waits for its kernels.
+    pub fn o(&self) -> &CudaSlice<f32> {
+        &self.buffers.o
+    }
+
+    /// `log(den)` per row `[B, H, Nq]` on the device.
+    pub fn lse(&self) -> &CudaSlice<f32> {
+        &self.buffers.lse
+    }
+}
+
 /// [`forward`], also returning the call's tensors on the device (`None`
 /// for a call without scores, whose backward is zero).
 pub fn forward_resident(
