@@ -156,12 +156,13 @@ done
 
 step "bench: fused kernels against the unfused baseline (criterion, quick sweep)"
 # The table is rewritten after every shape: a step cut short keeps what it
-# measured. A bench that skipped (no GPU backend) leaves no table: a failure.
+# measured. A bench that skipped (no GPU backend) or measured nothing
+# leaves no row in it: a failure.
 rm -f "$OUT/bench-lwpf.md"
 LWPF_BENCH_QUICK=1 LWPF_BENCH_TABLE="$OUT/bench-lwpf.md" timeout 130 "$bin/attention" --bench \
     --noplot '^cuda/' || status=1
-if [[ ! -s "$OUT/bench-lwpf.md" ]]; then
-    echo "gpu-check: the CUDA bench wrote no table"
+if ! grep -qE '^\| [0-9]+ \| [0-9]+ \|' "$OUT/bench-lwpf.md" 2>/dev/null; then
+    echo "gpu-check: the CUDA bench measured nothing"
     status=1
 fi
 

@@ -104,18 +104,20 @@ impl<'a> BenchCall<'a> {
                 what: format!("a call of shape {s} has no scores to time"),
             });
         }
-        // Both paths run the fused backward's kernels (its center gradient
-        // and Delta) and hold the same limits; checked before any launch.
-        check_limits(&input, "cuda")?;
-        let tiles = BackwardTiles::for_shape(s).ok_or_else(|| Error::BackendUnavailable {
-            backend: "cuda",
-            reason: format!("the fused backward supports D, Dv <= {LWPF_BWD_MAX_D}, got {s}"),
-        })?;
         let rt = runtime()?;
         let _one_call = rt.lock.lock().unwrap_or_else(|e| e.into_inner());
         let st = &rt.stream;
         let (fwd, kind, device_bytes) = match path {
             Path::Fused(mode) => {
+                // Checked before the first launch: the kernels' limits.
+                check_limits(&input, "cuda")?;
+                let tiles = BackwardTiles::for_shape(s).ok_or_else(|| {
+                    let reason = format!(
+                        "the fused backward supports D, Dv <= {LWPF_BWD_MAX_D}, got D = {}, Dv = {}",
+                        s.d, s.d_v
+                    );
+                    Error::BackendUnavailable { backend: "cuda", reason }
+                })?;
                 let mut f = ForwardBuffers::upload(st, &input, cfg)?;
                 f.enqueue(rt, &input, cfg)?;
                 let fwd = f.download(st, cfg)?;
@@ -124,6 +126,7 @@ impl<'a> BenchCall<'a> {
                 (fwd, Kind::Fused { f: Box::new(f), b: Box::new(b), mode, tiles }, device_bytes)
             }
             Path::Unfused => {
+                check_limits(&input, "cuda unfused")?;
                 let blas = blas(rt)?;
                 let rounded = RoundedInput::new(&input, cfg.precision);
                 let rounded_input = rounded.as_ref().map_or(input, |r| r.input(&input));

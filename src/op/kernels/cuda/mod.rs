@@ -246,7 +246,9 @@ impl DeviceTensor {
 /// The device address of `x`, for a kernel's parameter struct. Every copy
 /// and launch of this backend runs on the runtime's one stream, which
 /// orders them, so the guard with which cudarc orders work across streams
-/// is let go at once.
+/// is let go at once. That holds while no other stream sees a buffer that
+/// this backend writes without waiting for it: the buffers it hands out
+/// ([`DeviceCall::o`]) are complete when handed out.
 fn addr<T>(x: &CudaSlice<T>, st: &CudaStream) -> sys::CUdeviceptr {
     x.device_ptr(st).0
 }
