@@ -6,23 +6,11 @@
 mod common;
 mod kernel_checks;
 
+use common::gpu;
 use lwpf::op::{self, AttentionConfig, AttentionInput, Backend, Shape};
 
 #[cfg(feature = "cuda")]
 use lwpf::op::kernels::cuda;
-
-/// Whether a GPU can run the kernels here; prints why not.
-fn gpu(test: &str) -> bool {
-    #[cfg(feature = "cuda")]
-    let why = match cuda::available() {
-        Ok(()) => return true,
-        Err(e) => e.to_string(),
-    };
-    #[cfg(not(feature = "cuda"))]
-    let why = "built without the `cuda` feature".to_string();
-    eprintln!("{test}: skipped, no GPU backend ({why})");
-    false
-}
 
 /// Where the backend cannot run, asking for it is a typed error that says
 /// why, for empty calls too, and nothing panics.

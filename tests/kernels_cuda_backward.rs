@@ -6,23 +6,11 @@
 mod backward_checks;
 mod common;
 
+use common::gpu;
 use lwpf::op::{self, AttentionConfig, AttentionInput, Backend, Forward, Shape};
 
 #[cfg(feature = "cuda")]
 use lwpf::op::kernels::{backward::DqMode, cuda};
-
-/// Whether a GPU can run the kernels here; prints why not.
-fn gpu(test: &str) -> bool {
-    #[cfg(feature = "cuda")]
-    let why = match cuda::available() {
-        Ok(()) => return true,
-        Err(e) => e.to_string(),
-    };
-    #[cfg(not(feature = "cuda"))]
-    let why = "built without the `cuda` feature".to_string();
-    eprintln!("{test}: skipped, no GPU backend ({why})");
-    false
-}
 
 /// Where the backend cannot run, the backward is a typed error too.
 #[test]

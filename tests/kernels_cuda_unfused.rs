@@ -8,18 +8,9 @@ mod common;
 #[cfg(feature = "cuda")]
 mod on_gpu {
     use super::backward_checks::*;
+    use super::common::gpu;
     use lwpf::op::Shape;
     use lwpf::op::kernels::cuda;
-
-    fn gpu(test: &str) -> bool {
-        match cuda::available() {
-            Ok(()) => true,
-            Err(e) => {
-                eprintln!("{test}: skipped, no GPU backend ({e})");
-                false
-            }
-        }
-    }
 
     #[test]
     fn unfused_matches_reference_on_option_matrix() {

@@ -187,3 +187,18 @@ pub fn ragged_shapes() -> Vec<Shape> {
         Shape::new(1, 1, 130, 20, 16),
     ]
 }
+
+/// Whether the CUDA backend can run the kernels here (a build with the
+/// `cuda` feature, a driver and a device); prints why not, so that a
+/// skipped GPU test says so.
+pub fn gpu(test: &str) -> bool {
+    #[cfg(feature = "cuda")]
+    let why = match lwpf::op::kernels::cuda::available() {
+        Ok(()) => return true,
+        Err(e) => e.to_string(),
+    };
+    #[cfg(not(feature = "cuda"))]
+    let why = "built without the `cuda` feature".to_string();
+    eprintln!("{test}: skipped, no GPU backend ({why})");
+    false
+}
