@@ -13,34 +13,15 @@ use lwpf::op::{self, AttentionConfig, AttentionInput, Backend, Forgetting, Pfu, 
 
 const TOL: f64 = 1e-5;
 
-fn compare_lse(name: &str, got: &[f32], want: &[f32]) {
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        if *w == f32::NEG_INFINITY {
-            assert_eq!(*g, f32::NEG_INFINITY, "{name}: lse[{i}]");
-        } else {
-            assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{name}: lse[{i}] {g} vs {w}");
-        }
-    }
-}
-
 fn check_backend(backend: Backend, shapes: &[Shape], masks: &[bool]) {
     let seed = run_seed(backend.name());
     let mut r = rng(seed);
     for &shape in shapes {
         for &use_mask in masks {
             for case in option_matrix(0.25, seed ^ 0xabc) {
-                let q = dyadic(&mut r, shape.q_len());
-                let k = dyadic(&mut r, shape.k_len());
-                let v = uniform(&mut r, shape.v_len());
-                let g = uniform(&mut r, shape.o_len());
-                let m = mask(&mut r, shape.batch, shape.n_k, true);
-                let input = AttentionInput {
-                    q: &q,
-                    k: &k,
-                    v: &v,
-                    valid: use_mask.then_some(&m[..]),
-                    shape,
-                };
+                let drawn = Drawn::new(&mut r, shape);
+                let input = drawn.input(use_mask);
+                let g = &drawn.d_o;
                 let name = format!("{backend:?} {shape} mask={use_mask} {}", case.name);
 
                 let want = op::forward(&input, &case.cfg, Backend::Reference).expect("reference");
@@ -48,18 +29,21 @@ fn check_backend(backend: Backend, shapes: &[Shape], masks: &[bool]) {
                 assert_eq!(got.stats, want.stats, "{name}: statistics");
                 let e = rel_l2(&got.o, &want.o);
                 assert!(e < TOL, "{name}: O rel err {e:e}");
-                compare_lse(&name, &got.lse, &want.lse);
+                compare_lse(&name, &got.lse, &want.lse, TOL as f32);
 
-                let gw = op::backward(&input, &case.cfg, &want, &g, Backend::Reference)
+                let gw = op::backward(&input, &case.cfg, &want, g, Backend::Reference)
                     .expect("reference");
-                let gg = op::backward(&input, &case.cfg, &got, &g, backend).expect("backend");
+                let gg = op::backward(&input, &case.cfg, &got, g, backend).expect("backend");
                 let e = rel_l2(&gg.dv, &gw.dv);
                 assert!(e < TOL, "{name}: dV rel err {e:e}");
                 let beta = case.cfg.beta_for(shape.d) as f64;
                 let p = case.cfg.effective_dropout();
-                let term =
-                    |other: &[f32]| score_grad_term(beta, other, shape.d, &g, &v, shape.d_v, p);
-                for (t, a, b, other) in [("dQ", &gg.dq, &gw.dq, &k), ("dK", &gg.dk, &gw.dk, &q)] {
+                let term = |other: &[f32]| {
+                    score_grad_term(beta, other, shape.d, g, &drawn.v, shape.d_v, p)
+                };
+                for (t, a, b, other) in
+                    [("dQ", &gg.dq, &gw.dq, &drawn.k), ("dK", &gg.dk, &gw.dk, &drawn.q)]
+                {
                     let e = rel_l2_grad(a, b, term(other), TOL);
                     assert!(e < TOL, "{name}: {t} rel err {e:e}");
                 }

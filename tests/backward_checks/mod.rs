@@ -79,20 +79,11 @@ pub fn wide_backward_matches_reference(forward: ForwardFn, backward: BackwardFn,
     for &shape in shapes {
         for use_mask in [false, true] {
             for case in &cases {
-                let q = dyadic(&mut r, shape.q_len());
-                let k = dyadic(&mut r, shape.k_len());
-                let v = uniform(&mut r, shape.v_len());
-                let g = uniform(&mut r, shape.o_len());
-                let m = mask(&mut r, shape.batch, shape.n_k, true);
-                let input = AttentionInput {
-                    q: &q,
-                    k: &k,
-                    v: &v,
-                    valid: use_mask.then_some(&m[..]),
-                    shape,
-                };
+                let drawn = Drawn::new(&mut r, shape);
+                let input = drawn.input(use_mask);
+                let g = &drawn.d_o;
                 let name = format!("{shape} mask={use_mask} {}", case.name);
-                let (f, _) = check_grads(forward, backward, &input, &case.cfg, &g, &name);
+                let (f, _) = check_grads(forward, backward, &input, &case.cfg, g, &name);
                 if case.name.contains("cg=true") {
                     let t = f.stats.threshold;
                     assert!(t.center_gradient && f.stats.at_median > 0, "{name}: no center grad");
@@ -142,20 +133,11 @@ pub fn backward_matches_reference(forward: ForwardFn, backward: BackwardFn, shap
     for &shape in shapes {
         for use_mask in [false, true] {
             for case in option_matrix(0.25, seed ^ 0xabc) {
-                let q = dyadic(&mut r, shape.q_len());
-                let k = dyadic(&mut r, shape.k_len());
-                let v = uniform(&mut r, shape.v_len());
-                let g = uniform(&mut r, shape.o_len());
-                let m = mask(&mut r, shape.batch, shape.n_k, true);
-                let input = AttentionInput {
-                    q: &q,
-                    k: &k,
-                    v: &v,
-                    valid: use_mask.then_some(&m[..]),
-                    shape,
-                };
+                let drawn = Drawn::new(&mut r, shape);
+                let input = drawn.input(use_mask);
+                let g = &drawn.d_o;
                 let name = format!("{shape} mask={use_mask} {}", case.name);
-                let (f, _) = check_grads(forward, backward, &input, &case.cfg, &g, &name);
+                let (f, _) = check_grads(forward, backward, &input, &case.cfg, g, &name);
                 tied_center_calls +=
                     (f.stats.threshold.center_gradient && f.stats.at_median > 1) as usize;
             }
@@ -173,21 +155,12 @@ pub fn backward_in_precision(forward: ForwardFn, backward: BackwardFn, precision
     for shape in precision_shapes() {
         for use_mask in [false, true] {
             for case in cases_named(0.25, seed ^ 0xabc, &PRECISION_CASES) {
-                let q = dyadic(&mut r, shape.q_len());
-                let k = dyadic(&mut r, shape.k_len());
-                let v = uniform(&mut r, shape.v_len());
-                let g = uniform(&mut r, shape.o_len());
-                let m = mask(&mut r, shape.batch, shape.n_k, true);
-                let input = AttentionInput {
-                    q: &q,
-                    k: &k,
-                    v: &v,
-                    valid: use_mask.then_some(&m[..]),
-                    shape,
-                };
+                let drawn = Drawn::new(&mut r, shape);
+                let input = drawn.input(use_mask);
+                let g = &drawn.d_o;
                 let name = format!("{} {shape} mask={use_mask} {}", precision.name(), case.name);
                 let cfg = AttentionConfig { precision, ..case.cfg };
-                let (f, _) = check_grads(forward, backward, &input, &cfg, &g, &name);
+                let (f, _) = check_grads(forward, backward, &input, &cfg, g, &name);
                 if case.name.contains("cg=true") {
                     let t = f.stats.threshold;
                     assert!(t.center_gradient && f.stats.at_median > 0, "{name}: no center grad");

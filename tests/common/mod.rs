@@ -1,7 +1,7 @@
 //! Helpers shared by the op tests: seeded inputs, the option matrix, errors.
 #![allow(dead_code)]
 
-use lwpf::op::{AttentionConfig, Bias, Center, Forgetting, Pfu, Shape};
+use lwpf::op::{AttentionConfig, AttentionInput, Bias, Center, Forgetting, Pfu, Shape};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -201,4 +201,54 @@ pub fn gpu(test: &str) -> bool {
     let why = "built without the `cuda` feature".to_string();
     eprintln!("{test}: skipped, no GPU backend ({why})");
     false
+}
+
+/// One call's inputs drawn for the backend checks: dyadic Q and K (their
+/// scores are exact in every backend, so statistics compare exactly),
+/// uniform V and dO, and a key padding mask with one batch item wholly
+/// padded.
+pub struct Drawn {
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub d_o: Vec<f32>,
+    pub mask: Vec<bool>,
+    pub shape: Shape,
+}
+
+impl Drawn {
+    pub fn new(r: &mut StdRng, shape: Shape) -> Self {
+        Drawn {
+            q: dyadic(r, shape.q_len()),
+            k: dyadic(r, shape.k_len()),
+            v: uniform(r, shape.v_len()),
+            d_o: uniform(r, shape.o_len()),
+            mask: mask(r, shape.batch, shape.n_k, true),
+            shape,
+        }
+    }
+
+    /// The call, with the mask or without.
+    pub fn input(&self, use_mask: bool) -> AttentionInput<'_> {
+        AttentionInput {
+            q: &self.q,
+            k: &self.k,
+            v: &self.v,
+            valid: use_mask.then_some(&self.mask[..]),
+            shape: self.shape,
+        }
+    }
+}
+
+/// lse against the reference's: equal where a row is empty (-inf), else
+/// within `tol` relative to 1 + |lse|.
+pub fn compare_lse(name: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{name}: lse length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        if *w == f32::NEG_INFINITY {
+            assert_eq!(*g, f32::NEG_INFINITY, "{name}: lse[{i}]");
+        } else {
+            assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{name}: lse[{i}] {g} vs {w}");
+        }
+    }
 }

@@ -155,23 +155,13 @@ pub fn median_is_exact(forward: ForwardFn) {
 
 // ---- The fused forward -----------------------------------------------------------
 
-fn compare_lse(name: &str, got: &[f32], want: &[f32]) {
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        if *w == f32::NEG_INFINITY {
-            assert_eq!(*g, f32::NEG_INFINITY, "{name}: lse[{i}]");
-        } else {
-            assert!((g - w).abs() <= TOL as f32 * (1.0 + w.abs()), "{name}: lse[{i}] {g} vs {w}");
-        }
-    }
-}
-
 fn check_forward(forward: ForwardFn, input: &AttentionInput, cfg: &AttentionConfig, name: &str) {
     let want = op::forward(input, cfg, Backend::Reference).expect("reference");
     let got = forward(input, cfg).expect("backend");
     assert_eq!(got.stats, want.stats, "{name}: statistics");
     let e = rel_l2(&got.o, &want.o);
     assert!(e < TOL, "{name}: O rel err {e:e}");
-    compare_lse(name, &got.lse, &want.lse);
+    compare_lse(name, &got.lse, &want.lse, TOL as f32);
 }
 
 /// Every option of SPEC (option_matrix) on ragged shapes, with and without a
@@ -182,17 +172,8 @@ pub fn forward_matches_reference(forward: ForwardFn, shapes: &[Shape]) {
     for &shape in shapes {
         for use_mask in [false, true] {
             for case in option_matrix(0.25, seed ^ 0xabc) {
-                let q = dyadic(&mut r, shape.q_len());
-                let k = dyadic(&mut r, shape.k_len());
-                let v = uniform(&mut r, shape.v_len());
-                let m = mask(&mut r, shape.batch, shape.n_k, true);
-                let input = AttentionInput {
-                    q: &q,
-                    k: &k,
-                    v: &v,
-                    valid: use_mask.then_some(&m[..]),
-                    shape,
-                };
+                let drawn = Drawn::new(&mut r, shape);
+                let input = drawn.input(use_mask);
                 let name = format!("{shape} mask={use_mask} {}", case.name);
                 check_forward(forward, &input, &case.cfg, &name);
             }
@@ -211,17 +192,8 @@ pub fn forward_in_precision(forward: ForwardFn, precision: Precision) {
     for shape in precision_shapes() {
         for use_mask in [false, true] {
             for case in cases_named(0.25, seed ^ 0xabc, &PRECISION_CASES) {
-                let q = dyadic(&mut r, shape.q_len());
-                let k = dyadic(&mut r, shape.k_len());
-                let v = uniform(&mut r, shape.v_len());
-                let m = mask(&mut r, shape.batch, shape.n_k, true);
-                let input = AttentionInput {
-                    q: &q,
-                    k: &k,
-                    v: &v,
-                    valid: use_mask.then_some(&m[..]),
-                    shape,
-                };
+                let drawn = Drawn::new(&mut r, shape);
+                let input = drawn.input(use_mask);
                 let name = format!("{} {shape} mask={use_mask} {}", precision.name(), case.name);
                 let cfg = AttentionConfig { precision, ..case.cfg };
                 check_forward(forward, &input, &cfg, &name);
