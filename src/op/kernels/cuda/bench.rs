@@ -118,7 +118,7 @@ impl<'a> BenchCall<'a> {
                     );
                     Error::BackendUnavailable { backend: "cuda", reason }
                 })?;
-                let mut f = ForwardBuffers::upload(st, &input, cfg)?;
+                let mut f = ForwardBuffers::upload(st, &input, cfg, None)?;
                 f.enqueue(rt, &input, cfg)?;
                 let fwd = f.download(st, cfg)?;
                 let b = BackwardBuffers::upload(st, s, &fwd.o)?;
@@ -130,7 +130,7 @@ impl<'a> BenchCall<'a> {
                 let blas = blas(rt)?;
                 let rounded = RoundedInput::new(&input, cfg.precision);
                 let rounded_input = rounded.as_ref().map_or(input, |r| r.input(&input));
-                let mut u = UnfusedBuffers::upload(st, &rounded_input, cfg)?;
+                let mut u = UnfusedBuffers::upload(st, &rounded_input, cfg, None)?;
                 u.enqueue_forward(rt, blas, &input, cfg)?;
                 let fwd = u.forward_results(st, cfg)?;
                 let b = UnfusedBackward::upload(st, &input, &fwd, &fwd.o)?;

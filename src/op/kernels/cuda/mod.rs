@@ -303,8 +303,16 @@ struct ForwardBuffers {
 }
 
 impl ForwardBuffers {
-    fn upload(st: &Arc<CudaStream>, input: &AttentionInput, cfg: &AttentionConfig) -> Result<Self> {
+    /// `results`: a forward's O and lse to start from (for a backward);
+    /// without them, O and lse start as NaN.
+    fn upload(
+        st: &Arc<CudaStream>,
+        input: &AttentionInput,
+        cfg: &AttentionConfig,
+        results: Option<&Forward>,
+    ) -> Result<Self> {
         let s = input.shape;
+        let copy = |x: &[f32]| st.clone_htod(x).map_err(device_error("copying O and lse"));
         let x = KernelInputs::new(input, cfg.precision);
         let entries = valid_entries(input);
         let state0 = filled(st, median_state(entries.max(1)), 1)?;
@@ -320,8 +328,8 @@ impl ForwardBuffers {
             thr: filled(st, host_threshold(cfg), 1)?,
             // NaN and u32::MAX: an element a kernel failed to write shows in
             // tests.
-            o: filled(st, f32::NAN, s.o_len())?,
-            lse: filled(st, f32::NAN, s.rows())?,
+            o: results.map_or_else(|| filled(st, f32::NAN, s.o_len()), |f| copy(&f.o))?,
+            lse: results.map_or_else(|| filled(st, f32::NAN, s.rows()), |f| copy(&f.lse))?,
             forgotten: filled(st, u32::MAX, s.rows())?,
             entries,
             median_kernels: uses_median_kernels(cfg, entries),
@@ -535,7 +543,7 @@ pub fn forward_resident(
         return Ok((Forward::empty(s, cfg), None));
     }
     let _one_call = rt.lock.lock().unwrap_or_else(|e| e.into_inner());
-    let mut buffers = ForwardBuffers::upload(&rt.stream, input, cfg)?;
+    let mut buffers = ForwardBuffers::upload(&rt.stream, input, cfg, None)?;
     buffers.enqueue(rt, input, cfg)?;
     let fwd = buffers.download(&rt.stream, cfg)?;
     Ok((fwd, Some(DeviceCall { buffers, shape: s, cfg: *cfg })))
@@ -663,10 +671,7 @@ pub fn backward(
     }
     let _one_call = rt.lock.lock().unwrap_or_else(|e| e.into_inner());
     let st = &rt.stream;
-    let mut f = ForwardBuffers::upload(st, input, cfg)?;
-    let upload = device_error("copying the forward's results to the device");
-    st.memcpy_htod(&fwd.o, &mut f.o).map_err(&upload)?;
-    st.memcpy_htod(&fwd.lse, &mut f.lse).map_err(&upload)?;
+    let f = ForwardBuffers::upload(st, input, cfg, Some(fwd))?;
     let mut b = BackwardBuffers::upload(st, s, d_o)?;
     b.enqueue(rt, (input, cfg), fwd, &f, mode, tiles)?;
     b.download(st)

@@ -110,17 +110,19 @@ pub(super) struct UnfusedBuffers {
 }
 
 impl UnfusedBuffers {
-    /// `input` must already be rounded to the call's precision.
+    /// `input` must already be rounded to the call's precision; `results`
+    /// as for [`ForwardBuffers`].
     pub(super) fn upload(
         st: &Arc<CudaStream>,
         input: &AttentionInput,
         cfg: &AttentionConfig,
+        results: Option<&Forward>,
     ) -> Result<Self> {
         let f32_cfg = AttentionConfig { precision: Precision::F32, ..*cfg };
         let n2 = input.shape.rows() * input.shape.n_k;
         let alloc = device_error("allocating device memory");
         Ok(UnfusedBuffers {
-            f: ForwardBuffers::upload(st, input, &f32_cfg)?,
+            f: ForwardBuffers::upload(st, input, &f32_cfg, results)?,
             s: st.alloc_zeros(n2).map_err(&alloc)?,
             w: st.alloc_zeros(n2).map_err(&alloc)?,
         })
@@ -323,7 +325,7 @@ pub fn unfused_forward(input: &AttentionInput, cfg: &AttentionConfig) -> Result<
         return forward(input, cfg);
     }
     let _one_call = rt.lock.lock().unwrap_or_else(|e| e.into_inner());
-    let mut u = UnfusedBuffers::upload(&rt.stream, input, cfg)?;
+    let mut u = UnfusedBuffers::upload(&rt.stream, input, cfg, None)?;
     u.enqueue_forward(rt, blas, input, cfg)?;
     u.forward_results(&rt.stream, cfg)
 }
@@ -349,10 +351,7 @@ pub fn unfused_backward(
     }
     let _one_call = rt.lock.lock().unwrap_or_else(|e| e.into_inner());
     let st = &rt.stream;
-    let mut u = UnfusedBuffers::upload(st, input, cfg)?;
-    let upload = device_error("copying the forward's results to the device");
-    st.memcpy_htod(&fwd.o, &mut u.f.o).map_err(&upload)?;
-    st.memcpy_htod(&fwd.lse, &mut u.f.lse).map_err(&upload)?;
+    let mut u = UnfusedBuffers::upload(st, input, cfg, Some(fwd))?;
     let mut b = UnfusedBackward::upload(st, input, fwd, d_o)?;
     b.enqueue(rt, blas, (input, cfg), fwd, &mut u)?;
     b.b.download(st)
