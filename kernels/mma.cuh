@@ -3,7 +3,8 @@
 // mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32), and its fragment
 // layout. In the host emulation the 32 lanes gather their fragments, every
 // lane computes its part of D from the whole tile, and the inputs are rounded
-// to tf32 as the hardware does.
+// to tf32 as the hardware's cvt.rna does (unless the caller says they are
+// tf32 already).
 //
 // Fragment layout, for lane l with g = l / 4 and t = l % 4 (A is 16 x 8 row
 // major, B is 8 x 8 with k as rows, C and D are 16 x 8):
@@ -48,6 +49,12 @@ __device__ __forceinline__ float to_tf32(float x) {
 #endif
 }
 
+// ROUND = false takes A and B as they are: for values already exact in tf32
+// (bf16 and fp16 inputs), where rounding them again would change nothing
+// and cost a cvt per element in the innermost score loop.
+__device__ __forceinline__ float tf32_operand(float x, bool round) { return round ? to_tf32(x) : x; }
+
+template <bool ROUND = true>
 __device__ __forceinline__ void mma_16x8x8_tf32(MmaFragC &d, const MmaFragA &a, const MmaFragB &b,
                                                 const MmaFragC &c) {
 #ifdef LWPF_EMU
@@ -58,10 +65,10 @@ __device__ __forceinline__ void mma_16x8x8_tf32(MmaFragC &d, const MmaFragA &a, 
     }
     const unsigned lane = lwpf_emu::ctx.lane;
     for (int i = 0; i < 4; ++i) {
-        w.slot[lane][i] = __float_as_uint(to_tf32(a.x[i]));
+        w.slot[lane][i] = __float_as_uint(tf32_operand(a.x[i], ROUND));
     }
     for (int i = 0; i < 2; ++i) {
-        w.slot[lane][4 + i] = __float_as_uint(to_tf32(b.x[i]));
+        w.slot[lane][4 + i] = __float_as_uint(tf32_operand(b.x[i], ROUND));
     }
     w.bar.arrive_and_wait();
     float am[16][8], bm[8][8];
@@ -86,9 +93,12 @@ __device__ __forceinline__ void mma_16x8x8_tf32(MmaFragC &d, const MmaFragA &a, 
     }
     d = out;
 #else
-    unsigned a0 = __float_as_uint(to_tf32(a.x[0])), a1 = __float_as_uint(to_tf32(a.x[1]));
-    unsigned a2 = __float_as_uint(to_tf32(a.x[2])), a3 = __float_as_uint(to_tf32(a.x[3]));
-    unsigned b0 = __float_as_uint(to_tf32(b.x[0])), b1 = __float_as_uint(to_tf32(b.x[1]));
+    const unsigned a0 = __float_as_uint(tf32_operand(a.x[0], ROUND));
+    const unsigned a1 = __float_as_uint(tf32_operand(a.x[1], ROUND));
+    const unsigned a2 = __float_as_uint(tf32_operand(a.x[2], ROUND));
+    const unsigned a3 = __float_as_uint(tf32_operand(a.x[3], ROUND));
+    const unsigned b0 = __float_as_uint(tf32_operand(b.x[0], ROUND));
+    const unsigned b1 = __float_as_uint(tf32_operand(b.x[1], ROUND));
     asm volatile(
         "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
         "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};"

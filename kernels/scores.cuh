@@ -86,7 +86,8 @@ __device__ __forceinline__ void mma_score_step(const float (*q)[LDQ], const floa
         for (int i = 0; i < 2; ++i) {
             b.x[i] = k[n0 + mma_b_col(lane, i)][k0 + mma_b_row(lane, i)];
         }
-        mma_16x8x8_tf32(acc.c[n], a, b, acc.c[n]);
+        // The operands are bf16 or fp16 values, exact in tf32 already.
+        mma_16x8x8_tf32<false>(acc.c[n], a, b, acc.c[n]);
     }
 }
 

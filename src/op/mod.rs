@@ -272,6 +272,15 @@ pub struct Grads {
     pub dv: Vec<f32>,
 }
 
+impl Grads {
+    /// Zero gradients of a call of `shape` (also those of a call without
+    /// scores).
+    pub fn zeros(shape: Shape) -> Grads {
+        let s = shape;
+        Grads { dq: vec![0.0; s.q_len()], dk: vec![0.0; s.k_len()], dv: vec![0.0; s.v_len()] }
+    }
+}
+
 /// Which implementation runs the op.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Backend {
@@ -346,9 +355,7 @@ fn cuda_backward(
 
 /// Forward pass of partially forgetting attention.
 pub fn forward(input: &AttentionInput, cfg: &AttentionConfig, backend: Backend) -> Result<Forward> {
-    cfg.validate()?;
-    input.validate()?;
-    input.check_precision(cfg.precision)?;
+    check_forward_input(input, cfg)?;
     // The kernel backends round to the precision themselves (they read the
     // 16-bit words), and a request for CUDA fails even for an empty call.
     match backend {
@@ -370,17 +377,23 @@ pub fn forward(input: &AttentionInput, cfg: &AttentionConfig, backend: Backend) 
     }
 }
 
-/// What every backend's backward checks (SPEC section 6): the options, the
-/// input, and O, lse and dO of the call's shape, dO finite.
+/// What every backend's forward checks (SPEC section 6): the options, the
+/// input's shapes and values, and its values within the call's precision.
+pub fn check_forward_input(input: &AttentionInput, cfg: &AttentionConfig) -> Result<()> {
+    cfg.validate()?;
+    input.validate()?;
+    input.check_precision(cfg.precision)
+}
+
+/// What every backend's backward checks (SPEC section 6): the forward's
+/// checks, and O, lse and dO of the call's shape, dO finite.
 pub fn check_backward_input(
     input: &AttentionInput,
     cfg: &AttentionConfig,
     fwd: &Forward,
     d_o: &[f32],
 ) -> Result<()> {
-    cfg.validate()?;
-    input.validate()?;
-    input.check_precision(cfg.precision)?;
+    check_forward_input(input, cfg)?;
     let s = input.shape;
     for (tensor, got, expected) in [
         ("dO", d_o.len(), s.o_len()),
@@ -414,11 +427,7 @@ pub fn backward(
         _ => {}
     }
     if s.n_q == 0 || s.n_k == 0 {
-        return Ok(Grads {
-            dq: vec![0.0; s.q_len()],
-            dk: vec![0.0; s.k_len()],
-            dv: vec![0.0; s.v_len()],
-        });
+        return Ok(Grads::zeros(s));
     }
     let rounded = RoundedInput::new(input, cfg.precision);
     let input = &rounded.as_ref().map_or(*input, |r| r.input(input));

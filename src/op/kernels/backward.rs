@@ -24,7 +24,7 @@ use super::params::*;
 use super::{THREADS, check_limits, tiled_grid};
 use crate::error::{Error, Result};
 use crate::op::{
-    AttentionConfig, AttentionInput, Forward, Grads, Precision, Shape, check_backward_input, philox,
+    AttentionConfig, AttentionInput, Forward, Precision, Shape, check_backward_input, philox,
 };
 
 /// How the fused backward writes dQ.
@@ -67,7 +67,7 @@ impl BackwardKernel {
             BackwardKernel::DkDv => "dkdv",
             BackwardKernel::Dq => "dq",
         };
-        format!("lwpf_backward_{name}_{}_d{}", super::dtype_suffix(precision), tiles.max_d())
+        format!("lwpf_backward_{name}_{}_d{}", precision.name(), tiles.max_d())
     }
 
     /// Whether the kernel stages Q, K, V and dO tiles (and so has a build
@@ -134,6 +134,12 @@ pub fn check_backward(
     backend: &'static str,
 ) -> Result<BackwardTiles> {
     check_backward_input(input, cfg, fwd, d_o)?;
+    backward_limits(input, backend)
+}
+
+/// The kernels' own limits on a call of the fused backward; the build that
+/// runs it.
+pub fn backward_limits(input: &AttentionInput, backend: &'static str) -> Result<BackwardTiles> {
     check_limits(input, backend)?;
     let s = input.shape;
     BackwardTiles::for_shape(s).ok_or_else(|| Error::BackendUnavailable {
@@ -143,12 +149,6 @@ pub fn check_backward(
             s.d, s.d_v
         ),
     })
-}
-
-/// Zero gradients of a call without scores.
-pub fn empty_grads(input: &AttentionInput) -> Grads {
-    let s = input.shape;
-    Grads { dq: vec![0.0; s.q_len()], dk: vec![0.0; s.k_len()], dv: vec![0.0; s.v_len()] }
 }
 
 /// Whether the call spreads g_b over the scores equal to the median.

@@ -9,7 +9,7 @@
 
 use super::backward::{
     BackwardKernel, BackwardPointers, BackwardTiles, DqMode, backward_launches, backward_params,
-    check_backward, empty_grads,
+    check_backward,
 };
 use super::params::*;
 use super::{
@@ -92,9 +92,7 @@ impl Buffers {
 /// kernels, with the number of scores equal to it and the threshold the
 /// selection step resolved (`None` without valid scores).
 pub fn median(input: &AttentionInput, cfg: &AttentionConfig) -> Result<Option<LwpfThreshold>> {
-    cfg.validate()?;
-    input.validate()?;
-    input.check_precision(cfg.precision)?;
+    crate::op::check_forward_input(input, cfg)?;
     check_limits(input, "emulated")?;
     let entries = valid_entries(input);
     if input.shape.n_q == 0 || entries == 0 {
@@ -128,9 +126,7 @@ fn run_median(input: &AttentionInput, cfg: &AttentionConfig, ptr: &CallPointers)
 
 /// Forward pass (SPEC section 3) by the fused kernels under emulation.
 pub fn forward(input: &AttentionInput, cfg: &AttentionConfig) -> Result<Forward> {
-    cfg.validate()?;
-    input.validate()?;
-    input.check_precision(cfg.precision)?;
+    crate::op::check_forward_input(input, cfg)?;
     check_limits(input, "emulated")?;
     let s = input.shape;
     if s.n_q == 0 || s.n_k == 0 {
@@ -174,7 +170,7 @@ pub fn backward(
     mode: DqMode,
 ) -> Result<Grads> {
     let tiles = check_backward(input, cfg, fwd, d_o, "emulated")?;
-    backward_with_tiles(input, cfg, fwd, d_o, mode, tiles)
+    run_backward(input, cfg, fwd, d_o, mode, tiles)
 }
 
 /// [`backward`] on the build `tiles`, which may be wider than the call
@@ -200,8 +196,21 @@ pub fn backward_with_tiles(
             ),
         });
     }
+    run_backward(input, cfg, fwd, d_o, mode, tiles)
+}
+
+/// The backward's launches on a checked call.
+fn run_backward(
+    input: &AttentionInput,
+    cfg: &AttentionConfig,
+    fwd: &Forward,
+    d_o: &[f32],
+    mode: DqMode,
+    tiles: BackwardTiles,
+) -> Result<Grads> {
+    let s = input.shape;
     if s.n_q == 0 || s.n_k == 0 {
-        return Ok(empty_grads(input));
+        return Ok(Grads::zeros(input.shape));
     }
     let mut delta = vec![f32::NAN; s.rows()];
     let mut center_rows = vec![f32::NAN; s.rows()];

@@ -116,12 +116,6 @@ pub fn dtype_code(p: Precision) -> i32 {
     }
 }
 
-/// The suffix of a kernel family's entry for inputs of precision `p`
-/// (`lwpf_forward_bf16`).
-pub fn dtype_suffix(p: Precision) -> &'static str {
-    p.name()
-}
-
 /// One of Q, K, V as the kernels read it: the caller's f32 slice, or its
 /// 16-bit words in the call's precision.
 pub enum KernelTensor<'a> {
@@ -141,7 +135,6 @@ impl KernelTensor<'_> {
 
 /// Q, K and V of a call in its precision.
 pub struct KernelInputs<'a> {
-    pub precision: Precision,
     pub q: KernelTensor<'a>,
     pub k: KernelTensor<'a>,
     pub v: KernelTensor<'a>,
@@ -153,7 +146,7 @@ impl<'a> KernelInputs<'a> {
             Precision::F32 => KernelTensor::F32(x),
             p => KernelTensor::Bits(x.iter().map(|&v| p.bits(v).unwrap_or(0)).collect()),
         };
-        KernelInputs { precision, q: conv(input.q), k: conv(input.k), v: conv(input.v) }
+        KernelInputs { q: conv(input.q), k: conv(input.k), v: conv(input.v) }
     }
 }
 

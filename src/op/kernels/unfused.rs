@@ -124,9 +124,7 @@ fn scores(input: &AttentionInput, beta: f32) -> Vec<f32> {
 
 /// Forward pass (SPEC section 3) of the unfused baseline under emulation.
 pub fn emulated_forward(input: &AttentionInput, cfg: &AttentionConfig) -> Result<Forward> {
-    cfg.validate()?;
-    input.validate()?;
-    input.check_precision(cfg.precision)?;
+    crate::op::check_forward_input(input, cfg)?;
     check_limits(input, "emulated unfused")?;
     // The baseline computes in f32 on the inputs rounded to the precision.
     let rounded = RoundedInput::new(input, cfg.precision);
@@ -188,7 +186,7 @@ pub fn emulated_backward(
     let input = &rounded.as_ref().map_or(*input, |r| r.input(input));
     let s = input.shape;
     if s.n_q == 0 || s.n_k == 0 {
-        return Ok(super::backward::empty_grads(input));
+        return Ok(Grads::zeros(input.shape));
     }
     let beta = cfg.beta_for(s.d);
     let bh = s.batch * s.heads;
@@ -257,8 +255,7 @@ pub fn emulated_backward(
         launch(Kernel::Ties, s.rows(), &p);
     }
 
-    let mut g =
-        Grads { dq: vec![0.0; s.q_len()], dk: vec![0.0; s.k_len()], dv: vec![0.0; s.v_len()] };
+    let mut g = Grads::zeros(s);
     let (nn, tn) = ((Trans::No, Trans::No), (Trans::Yes, Trans::No));
     batched(bh, tn, (s.n_k, s.d_v, s.n_q), 1.0, (&w, s.n_k), (d_o, s.d_v), &mut g.dv);
     batched(bh, nn, (s.n_q, s.d, s.n_k), beta, (&ds, s.n_k), (input.k, s.d), &mut g.dq);

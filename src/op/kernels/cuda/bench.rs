@@ -7,9 +7,8 @@
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys;
 
-use super::super::backward::{BackwardTiles, DqMode};
+use super::super::backward::{BackwardTiles, DqMode, backward_limits};
 use super::super::check_limits;
-use super::super::params::LWPF_BWD_MAX_D;
 use super::unfused::{UnfusedBackward, UnfusedBuffers, blas};
 use super::{BackwardBuffers, ForwardBuffers, Runtime, device_error, runtime};
 use crate::error::{Error, Result};
@@ -95,9 +94,7 @@ impl<'a> BenchCall<'a> {
     /// Uploads the call, runs it once (forward and backward) and keeps its
     /// buffers. Calls without scores have nothing to time and are refused.
     pub fn new(input: AttentionInput<'a>, cfg: &AttentionConfig, path: Path) -> Result<Self> {
-        cfg.validate()?;
-        input.validate()?;
-        input.check_precision(cfg.precision)?;
+        crate::op::check_forward_input(&input, cfg)?;
         let s = input.shape;
         if s.n_q == 0 || s.n_k == 0 {
             return Err(Error::InvalidConfig {
@@ -110,14 +107,7 @@ impl<'a> BenchCall<'a> {
         let (fwd, kind, device_bytes) = match path {
             Path::Fused(mode) => {
                 // Checked before the first launch: the kernels' limits.
-                check_limits(&input, "cuda")?;
-                let tiles = BackwardTiles::for_shape(s).ok_or_else(|| {
-                    let reason = format!(
-                        "the fused backward supports D, Dv <= {LWPF_BWD_MAX_D}, got D = {}, Dv = {}",
-                        s.d, s.d_v
-                    );
-                    Error::BackendUnavailable { backend: "cuda", reason }
-                })?;
+                let tiles = backward_limits(&input, "cuda")?;
                 let mut f = ForwardBuffers::upload(st, &input, cfg, None)?;
                 f.enqueue(rt, &input, cfg)?;
                 let fwd = f.download(st, cfg)?;

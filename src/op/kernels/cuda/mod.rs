@@ -30,7 +30,7 @@ use cudarc::nvrtc::Ptx;
 
 use super::backward::{
     BackwardKernel, BackwardPointers, BackwardTiles, DqMode, backward_launches, backward_params,
-    check_backward, empty_grads,
+    check_backward,
 };
 use super::params::*;
 use super::{
@@ -130,19 +130,27 @@ fn init() -> std::result::Result<Runtime, String> {
             "the device has compute capability {major}.{minor}; the kernels need 9.0 or later"
         ));
     }
+    // Each file is loaded once (on a later device the driver compiles its
+    // PTX then), and every function of it comes from that one module.
+    let modules = MODULES
+        .iter()
+        .map(|m| {
+            let image = if (major, minor) == (9, 0) {
+                Ptx::from_binary(m.cubin.to_vec())
+            } else {
+                Ptx::from_src(m.ptx)
+            };
+            let module =
+                ctx.load_module(image).map_err(|e| format!("loading module {}: {e}", m.name))?;
+            Ok((m.name, module))
+        })
+        .collect::<std::result::Result<Vec<_>, String>>()?;
     let load = |module: &str, function: &str| -> std::result::Result<CudaFunction, String> {
-        let m = MODULES
+        let (_, m) = modules
             .iter()
-            .find(|m| m.name == module)
+            .find(|(name, _)| *name == module)
             .ok_or_else(|| format!("kernel module {module} was not built"))?;
-        let image = if (major, minor) == (9, 0) {
-            Ptx::from_binary(m.cubin.to_vec())
-        } else {
-            Ptx::from_src(m.ptx)
-        };
-        ctx.load_module(image)
-            .and_then(|md| md.load_function(function))
-            .map_err(|e| format!("loading {function} from {module}: {e}"))
+        m.load_function(function).map_err(|e| format!("loading {function} from {module}: {e}"))
     };
     let backward =
         |kernel: BackwardKernel, precision, tiles| -> std::result::Result<CudaFunction, String> {
@@ -170,7 +178,7 @@ fn init() -> std::result::Result<Runtime, String> {
     };
     let per_precision = |module: &str, family: &str| -> std::result::Result<_, String> {
         let [a, b, c] = Precision::ALL;
-        let f = |p: Precision| load(module, &format!("{family}_{}", super::dtype_suffix(p)));
+        let f = |p: Precision| load(module, &format!("{family}_{}", p.name()));
         Ok([f(a)?, f(b)?, f(c)?])
     };
     let [p32, pbf, ph] = Precision::ALL;
@@ -247,8 +255,7 @@ impl DeviceTensor {
 /// and launch of this backend runs on the runtime's one stream, which
 /// orders them, so the guard with which cudarc orders work across streams
 /// is let go at once. That holds while no other stream sees a buffer that
-/// this backend writes without waiting for it: the buffers it hands out
-/// ([`DeviceCall::o`]) are complete when handed out.
+/// this backend writes without waiting for it (it hands none out).
 fn addr<T>(x: &CudaSlice<T>, st: &CudaStream) -> sys::CUdeviceptr {
     x.device_ptr(st).0
 }
@@ -508,33 +515,13 @@ pub struct DeviceCall {
     cfg: AttentionConfig,
 }
 
-impl DeviceCall {
-    /// The call's shape.
-    pub fn shape(&self) -> Shape {
-        self.shape
-    }
-
-    /// The output `[B, H, Nq, Dv]` on the device, for work that goes on
-    /// there; complete, since [`forward_resident`] waits for its kernels.
-    pub fn o(&self) -> &CudaSlice<f32> {
-        &self.buffers.o
-    }
-
-    /// `log(den)` per row `[B, H, Nq]` on the device.
-    pub fn lse(&self) -> &CudaSlice<f32> {
-        &self.buffers.lse
-    }
-}
-
 /// [`forward`], also returning the call's tensors on the device (`None`
 /// for a call without scores, whose backward is zero).
 pub fn forward_resident(
     input: &AttentionInput,
     cfg: &AttentionConfig,
 ) -> Result<(Forward, Option<DeviceCall>)> {
-    cfg.validate()?;
-    input.validate()?;
-    input.check_precision(cfg.precision)?;
+    crate::op::check_forward_input(input, cfg)?;
     check_limits(input, "cuda")?;
     // Also for empty calls: a request for CUDA where it cannot run fails.
     let rt = runtime()?;
@@ -648,7 +635,7 @@ unsafe fn launch_backward(
                 .launch_builder(f)
                 .arg(p)
                 .launch(launch)
-                .map_err(device_error(&kernel.symbol(cfg.precision, tiles)))?;
+                .map_err(|e| device_error(&kernel.symbol(cfg.precision, tiles))(e))?;
         }
     }
     Ok(())
@@ -667,7 +654,7 @@ pub fn backward(
     let rt = runtime()?;
     let s = input.shape;
     if s.n_q == 0 || s.n_k == 0 {
-        return Ok(empty_grads(input));
+        return Ok(Grads::zeros(input.shape));
     }
     let _one_call = rt.lock.lock().unwrap_or_else(|e| e.into_inner());
     let st = &rt.stream;

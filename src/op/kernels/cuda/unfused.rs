@@ -12,7 +12,7 @@ use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
 use cudarc::driver::{CudaSlice, CudaStream, PushKernelArg};
 
 use super::super::backward::{
-    BackwardKernel, BackwardTiles, DqMode, backward_params, empty_grads, uses_center_gradient,
+    BackwardKernel, BackwardTiles, DqMode, backward_params, uses_center_gradient,
 };
 use super::super::params::*;
 use super::super::unfused::{SYMBOLS, hist_grid, unfused_params};
@@ -312,9 +312,7 @@ impl UnfusedBackward {
 /// cuBLAS, the median by radix selection over S, the elementwise softmax,
 /// O by cuBLAS. Holds two `B * H * Nq * Nk` buffers.
 pub fn unfused_forward(input: &AttentionInput, cfg: &AttentionConfig) -> Result<Forward> {
-    cfg.validate()?;
-    input.validate()?;
-    input.check_precision(cfg.precision)?;
+    crate::op::check_forward_input(input, cfg)?;
     check_limits(input, "cuda unfused")?;
     let rounded = RoundedInput::new(input, cfg.precision);
     let input = &rounded.as_ref().map_or(*input, |r| r.input(input));
@@ -347,7 +345,7 @@ pub fn unfused_backward(
     let rt = runtime()?;
     let blas = blas(rt)?;
     if s.n_q == 0 || s.n_k == 0 {
-        return Ok(empty_grads(input));
+        return Ok(Grads::zeros(input.shape));
     }
     let _one_call = rt.lock.lock().unwrap_or_else(|e| e.into_inner());
     let st = &rt.stream;
