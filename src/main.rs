@@ -182,16 +182,7 @@ fn run(cli: Cli) -> lwpf::Result<()> {
         Command::Grid(GridCommand::Deeprc(args)) => args.run().map(|_| ()),
         Command::Data(DataCommand::Implant(args)) => args.run(),
         Command::Train(TrainCommand::Vit(args)) => {
-            if let Some(n) = args.threads {
-                if n == 0 {
-                    return Err(lwpf::Error::InvalidConfig {
-                        what: "--threads must be positive".into(),
-                    });
-                }
-                rayon::ThreadPoolBuilder::new().num_threads(n).build_global().map_err(|e| {
-                    lwpf::Error::InvalidConfig { what: format!("cannot start {n} threads: {e}") }
-                })?;
-            }
+            lwpf::train::set_threads(args.threads)?;
             let cfg = args.config();
             let summary = train(&cfg)?;
             info!("summary written to {}", cfg.out.join("summary.json").display());

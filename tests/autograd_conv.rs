@@ -447,14 +447,27 @@ fn conv1d_layer_registers_deeprc_initialized_parameters() {
     // 32 uniform draws: the largest lands in the top quarter of the range.
     assert!(b.data().iter().any(|v| v.abs() > 0.75 * bound));
 
+    // Against the definition with the stored weight and bias, so a layer that
+    // passed other parameters, or them in another layout, would fail here.
+    let lengths = [12, 5];
+    let x = random(&[2, 12, c_in], 51, 1.0);
+    let (want, abs, want_windows) = conv_direct(&x, w, b.data(), &lengths);
     let mut t = Tape::new(&store);
-    let x = t.input(random(&[2, 12, c_in], 51, 1.0));
-    let (y, windows) = conv.forward(&mut t, x, &[12, 5]).unwrap();
-    let (wv, bv) = (t.param(conv.w), t.param(conv.b));
-    let (y2, windows2) = t.conv1d(x, wv, Some(bv), &[12, 5]).unwrap();
+    let xv = t.input(x);
+    let (y, windows) = conv.forward(&mut t, xv, &lengths).unwrap();
     assert_eq!(windows, [4, 1]);
-    assert_eq!(windows, windows2);
-    assert_eq!(t.value(y).data(), t.value(y2).data());
+    assert_eq!(windows, want_windows);
+    let p = 12 - width + 1;
+    assert_eq!(t.shape(y), &[2, p, c_out]);
+    for (q, (&g, (&w, &a))) in t.value(y).data().iter().zip(want.iter().zip(&abs)).enumerate() {
+        let (seq, j) = (q / (p * c_out), q / c_out % p);
+        if j >= windows[seq] {
+            assert_eq!(g, 0.0, "invalid window {j} of sequence {seq}");
+        } else {
+            let bound = rounding_bound(width * c_in + 2, a);
+            assert!((g as f64 - w).abs() <= bound, "at {q}: {g} vs {w} (+- {bound})");
+        }
+    }
 
     assert!(Conv1d::new(&mut store, "zero", c_in, c_out, 0, &mut rng).is_err());
 }

@@ -2,7 +2,9 @@
 //! the masked pooling's per-bag softmax, cross-validated training on
 //! generated data from the real repertoires, and the command line.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
 use lwpf::autograd::gradcheck::{self, check_coordinate, check_inputs, failures, project};
@@ -14,10 +16,6 @@ use lwpf::train::bitpattern::ForgetKind;
 use lwpf::train::deeprc::{
     DeepRcTrainConfig, evaluate, read_summary, splits, stratified_folds, train,
 };
-
-fn repertoires() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/repertoires")
-}
 
 /// Random amino-acid sequences of lengths in `lo..=hi`, reproducible.
 fn random_seqs(n: usize, lo: usize, hi: usize, seed: u64) -> Vec<Vec<u8>> {
@@ -210,11 +208,7 @@ fn folds_are_stratified_and_seeded() {
 /// Background from the real mouse tumour repertoires, signal from the real
 /// Db-PB1-specific mouse CDR3s, written where `train` reads it.
 fn generated(out: &Path, cfg: &ImplantConfig) -> bool {
-    let root = repertoires();
-    if !root.is_dir() {
-        eprintln!("skipping: {} is missing", root.display());
-        return false;
-    }
+    let Some(root) = common::repertoires_dir() else { return false };
     let (background, _) = repertoire::read_dir_pool(&root.join("deeptcr-rudqvist")).unwrap();
     let (signals, _) =
         repertoire::read_dir_pool(&root.join("deeptcr-antigens/Murine_Antigens/Db-PB1")).unwrap();
@@ -327,11 +321,7 @@ fn lwpf_cli(args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn the_command_line_generates_trains_and_reports() {
-    let root = repertoires();
-    if !root.is_dir() {
-        eprintln!("skipping: {} is missing", root.display());
-        return;
-    }
+    let Some(root) = common::repertoires_dir() else { return };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let run = dir.path().join("run");

@@ -2,6 +2,8 @@
 //! of every layout and on the real files in ../shared/data/repertoires, the
 //! implant generator and its files, the encoding and the bag scale.
 
+mod common;
+
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -37,16 +39,6 @@ fn assert_names<T: std::fmt::Debug>(result: lwpf::Result<T>, path: &Path, record
     assert!(msg.contains(&path.display().to_string()), "{msg} should name {}", path.display());
     assert!(msg.contains(&format!("record {record}:")), "{msg} should name line {record}");
     msg
-}
-
-fn repertoires_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/repertoires");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("note: {} missing, real-data test skipped", dir.display());
-        None
-    }
 }
 
 // ---- sequences -------------------------------------------------------------
@@ -345,6 +337,11 @@ fn a_pool_reads_every_tsv_below_a_folder_in_sorted_order() {
 
 // ---- implant generator -----------------------------------------------------
 
+/// The count of every toy signal sequence: no background row has it, so a
+/// bag row that carries it took its count from the signal, not from the
+/// background row it replaced.
+const SIGNAL_COUNT: u64 = 77_777;
+
 /// A background of `n` distinct sequences over three repertoires (with some
 /// repeated across them and a few that are also signal) and a signal set.
 fn toy_pools(n: usize) -> (Vec<Repertoire>, Vec<Repertoire>) {
@@ -370,13 +367,13 @@ fn toy_pools(n: usize) -> (Vec<Repertoire>, Vec<Repertoire>) {
     let mut signal_a = Repertoire::new("epitope-A");
     let mut signal_b = Repertoire::new("epitope-B");
     for i in 0..12 {
-        signal_a.push(&[8, 8, 8, i as u8, 8], 1).unwrap();
-        signal_b.push(&[9, 9, i as u8, 9], 1).unwrap();
+        signal_a.push(&[8, 8, 8, i as u8, 8], SIGNAL_COUNT).unwrap();
+        signal_b.push(&[9, 9, i as u8, 9], SIGNAL_COUNT).unwrap();
     }
     // Two background sequences are signal too, and one signal is in both sets.
-    signal_a.push(&word(3), 1).unwrap();
-    signal_b.push(&word(5), 1).unwrap();
-    signal_b.push(&[8, 8, 8, 0, 8], 1).unwrap();
+    signal_a.push(&word(3), SIGNAL_COUNT).unwrap();
+    signal_b.push(&word(5), SIGNAL_COUNT).unwrap();
+    signal_b.push(&[8, 8, 8, 0, 8], SIGNAL_COUNT).unwrap();
     (background, vec![signal_a, signal_b])
 }
 
@@ -408,6 +405,10 @@ fn implanted_bags_hold_signal_exactly_where_they_say() {
         }
         m
     };
+    assert!(
+        background.iter().all(|r| r.iter().all(|(_, c)| c != SIGNAL_COUNT)),
+        "the signal count must tell signal counts from background counts"
+    );
     for (b, rep) in set.dataset.repertoires.iter().enumerate() {
         assert_eq!(rep.id, format!("bag{b:03}"));
         assert_eq!(rep.len(), 50);
@@ -418,7 +419,8 @@ fn implanted_bags_hold_signal_exactly_where_they_say() {
         if set.dataset.labels[b] {
             assert_eq!(rows.len(), 3, "bag {b}");
             for (&row, &src) in rows.iter().zip(&set.implanted_source[b]) {
-                // The count of the background row it replaced.
+                // The count of the background row it replaced, not the signal's.
+                assert_ne!(rep.count(row), SIGNAL_COUNT, "bag {b} row {row}");
                 assert!(first_count.values().any(|&c| c == rep.count(row)), "bag {b} row {row}");
                 let holder = signals.iter().position(|s| s.iter().any(|(q, _)| q == rep.seq(row)));
                 assert_eq!(Some(src), holder, "first signal set holding it");
@@ -666,11 +668,17 @@ fn bag_scale_is_one_over_the_std_of_the_real_positions() {
         let got = bag_scale(&rep, log_counts).unwrap() as f64;
         assert!((got - want).abs() <= 1e-6 * want, "log {log_counts}: {got} vs {want}");
     }
-    // Padding does not enter: a bag of one sequence has the same scale
-    // whatever else shares its batch.
-    let one = Repertoire::from_strings("one", &[("CAWF", 1)]).unwrap();
-    let want = 1.0 / direct_std(&one, false);
-    assert!((bag_scale(&one, false).unwrap() as f64 - want).abs() <= 1e-6 * want);
+    // The lengths differ enough that counting the padding `encode` lays down
+    // (up to the longest sequence) would give another scale, so the check
+    // above would catch a scale that took the padding in.
+    let seqs: Vec<&[u8]> = rep.iter().map(|(q, _)| q).collect();
+    let (padded, _, _) = encode(&seqs, None, 1.0).unwrap();
+    let n = padded.len() as f64;
+    let mean = padded.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    let padded_std =
+        (padded.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let real_std = direct_std(&rep, false);
+    assert!((padded_std / real_std - 1.0).abs() > 0.1, "{padded_std} vs {real_std}");
 
     // Scaled by it, the bag's real values have unit spread.
     let s = bag_scale(&rep, true).unwrap();
@@ -711,7 +719,7 @@ fn sample_rows_draws_with_replacement_and_keeps_unique_rows() {
 
 #[test]
 fn real_immunarch_repertoires_match_their_metadata() {
-    let Some(root) = repertoires_dir() else { return };
+    let Some(root) = common::repertoires_dir() else { return };
     let dir = root.join("immunarch-immdata");
     let meta = dir.join("metadata.tsv");
     let (ds, reports) =
@@ -748,7 +756,7 @@ fn real_immunarch_repertoires_match_their_metadata() {
 
 #[test]
 fn real_rudqvist_repertoires_keep_the_productive_rows() {
-    let Some(root) = repertoires_dir() else { return };
+    let Some(root) = common::repertoires_dir() else { return };
     let dir = root.join("deeptcr-rudqvist");
     let (ds, reports) = read_dataset(&dir, &dir.join("metadata.tsv"), "ID", "ctla4", "1").unwrap();
     assert_eq!(ds.len(), 20);
@@ -771,7 +779,7 @@ fn real_rudqvist_repertoires_keep_the_productive_rows() {
 
 #[test]
 fn real_signal_folder_and_a_real_implanted_set() {
-    let Some(root) = repertoires_dir() else { return };
+    let Some(root) = common::repertoires_dir() else { return };
     let signal_dir = root.join("deeptcr-antigens/Human_Antigens/A2-GILGFVFTL");
     let (signals, reports) = read_dir_pool(&signal_dir).unwrap();
     let ids: Vec<&str> = signals.iter().map(|r| r.id.as_str()).collect();

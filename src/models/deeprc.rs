@@ -25,6 +25,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::autograd::{ParamId, ParamStore, Tape, Tensor, Var};
+use crate::data::repertoire::MAX_LEN;
 use crate::error::{Error, Result};
 use crate::nn::{Conv1d, InitRng, Linear, normal, uniform};
 use crate::op::{AttentionConfig, Backend, Forgetting};
@@ -47,11 +48,13 @@ pub struct DeepRcConfig {
 
 impl DeepRcConfig {
     pub fn validate(&self) -> Result<()> {
-        if self.kernels == 0 || self.width == 0 || self.width > 30 {
+        // No sequence is longer than the readers' cap, so the weights of a
+        // wider kernel past it would never meet a residue.
+        if self.kernels == 0 || self.width == 0 || self.width > MAX_LEN {
             return Err(Error::InvalidConfig {
                 what: format!(
-                    "DeepRC needs at least one kernel and a width in 1..=30, got {} kernels \
-                     of width {}",
+                    "DeepRC needs at least one kernel and a width in 1..={MAX_LEN}, got {} \
+                     kernels of width {}",
                     self.kernels, self.width
                 ),
             });

@@ -37,6 +37,20 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Sizes rayon's global pool to `n` threads (`--threads`); `None` keeps
+/// rayon's default of one per core. The global pool can be built once only,
+/// so this belongs at the start of a command, before any parallel work.
+pub fn set_threads(n: Option<usize>) -> Result<()> {
+    let Some(n) = n else { return Ok(()) };
+    if n == 0 {
+        return Err(Error::InvalidConfig { what: "--threads must be positive".into() });
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| Error::InvalidConfig { what: format!("cannot start {n} threads: {e}") })
+}
+
 /// The process's peak resident memory so far, in MiB (0 where the platform
 /// does not say).
 pub fn peak_rss_mib() -> f64 {

@@ -252,3 +252,14 @@ pub fn compare_lse(name: &str, got: &[f32], want: &[f32], tol: f32) {
         }
     }
 }
+
+/// The real repertoires in `../shared/data/repertoires`, when that folder is
+/// there; prints why not, so that a skipped real-data test says so.
+pub fn repertoires_dir() -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/repertoires");
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    eprintln!("skipped: {} is missing, no real repertoires", dir.display());
+    None
+}

@@ -6,11 +6,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::grid::mean_std;
 use super::run::{CurvePoint, ForgetKind, RunConfig};
 use crate::error::{Error, Result};
 use crate::models::bitpattern::{NetKind, Setting};
 use crate::plot::{Figure, Panel, Series};
+use crate::train::binary::mean_std;
 
 /// The colour of each variant's curve.
 pub fn color(f: ForgetKind) -> (u8, u8, u8) {

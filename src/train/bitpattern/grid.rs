@@ -21,6 +21,7 @@ use super::run::{ForgetKind, RunConfig, RunSummary, read_summary, train_run};
 use crate::error::{Error, Result};
 use crate::models::bitpattern::{NetKind, Setting};
 use crate::train::atomic_write;
+use crate::train::binary::mean_std;
 
 /// What the grid runs and where it writes.
 #[derive(Clone, Debug)]
@@ -257,21 +258,6 @@ pub fn results_csv(summaries: &[RunSummary]) -> String {
         );
     }
     s
-}
-
-/// Mean and sample standard deviation.
-pub fn mean_std(x: &[f64]) -> (f64, f64) {
-    let n = x.len() as f64;
-    if x.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    let mean = x.iter().sum::<f64>() / n;
-    let var = if x.len() > 1 {
-        x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (mean, var.sqrt())
 }
 
 type Cell = (NetKind, Setting, ForgetKind);

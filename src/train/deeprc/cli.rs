@@ -13,8 +13,9 @@ use super::{
     DEFAULT_TOP_FRACTION, DeepRcSummary, DeepRcTrainConfig, default_out, train,
 };
 use crate::data::repertoire::{self, ImplantConfig};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::train::bitpattern::{ForgetArg, ForgetKind};
+use crate::train::set_threads;
 
 /// Options shared by a single run and the grid.
 #[derive(Args, Clone, Debug)]
@@ -84,18 +85,6 @@ impl DataArgs {
         c.seed = self.seed;
         c
     }
-
-    fn threads(&self) -> Result<()> {
-        if let Some(n) = self.threads {
-            if n == 0 {
-                return Err(Error::InvalidConfig { what: "--threads must be positive".into() });
-            }
-            rayon::ThreadPoolBuilder::new().num_threads(n).build_global().map_err(|e| {
-                Error::InvalidConfig { what: format!("cannot start {n} threads: {e}") }
-            })?;
-        }
-        Ok(())
-    }
 }
 
 /// `lwpf train deeprc`: one cross-validated DeepRC run.
@@ -123,7 +112,7 @@ pub struct TrainArgs {
 
 impl TrainArgs {
     pub fn run(&self) -> Result<DeepRcSummary> {
-        self.data.threads()?;
+        set_threads(self.data.threads)?;
         let mut cfg = self.data.config(self.forget.into());
         cfg.kernels = self.kernels;
         cfg.width = self.width;
@@ -184,7 +173,7 @@ pub struct GridArgs {
 
 impl GridArgs {
     pub fn run(&self) -> Result<Vec<DeepRcSummary>> {
-        self.data.threads()?;
+        set_threads(self.data.threads)?;
         let mut grid = DeepRcGrid::paper(self.data.config(ForgetKind::None), self.out.clone());
         grid.widths = self.widths.clone();
         grid.kernels = self.kernels.clone();
@@ -261,7 +250,7 @@ impl ImplantArgs {
         println!(
             "{} bags ({} positive) of {} sequences written to {}",
             self.bags,
-            generated.dataset.labels.iter().filter(|&&l| l).count(),
+            generated.dataset.positives(),
             self.bag_size,
             self.out.display()
         );

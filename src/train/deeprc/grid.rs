@@ -4,18 +4,23 @@
 //! `grid.png`/`grid.svg`. A run whose `summary.json` already holds the same
 //! configuration and the same data (by fingerprint) is read back instead of
 //! retrained, so an interrupted grid resumes where it stopped.
+//!
+//! The data are read once for the whole grid, so a cell's `wall_time_s` is
+//! its training alone, without the loading a single `train` run counts.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use log::info;
 
-use super::plot::COLORS;
-use super::{DeepRcSummary, DeepRcTrainConfig, data_fingerprint, load_data, read_summary, train};
+use super::{
+    DeepRcSummary, DeepRcTrainConfig, data_fingerprint, load_data, read_summary, train_on,
+};
 use crate::error::{Error, Result};
 use crate::plot::{Figure, Panel, Series};
 use crate::train::atomic_write;
 use crate::train::bitpattern::ForgetKind;
+use crate::train::bitpattern::figure::color;
 
 /// What the grid runs: `base` with each width, kernel count and variant.
 #[derive(Clone, Debug)]
@@ -71,7 +76,9 @@ pub fn run_grid(grid: &DeepRcGrid) -> Result<Vec<DeepRcSummary>> {
     for cfg in &runs {
         cfg.validate()?;
     }
-    let fingerprint = data_fingerprint(&load_data(&grid.base)?);
+    // The cells differ in the model only, so they all train on the base's data.
+    let data = load_data(&grid.base)?;
+    let fingerprint = data_fingerprint(&data);
     let mut summaries = vec![];
     for (i, cfg) in runs.iter().enumerate() {
         let dir = grid.out.join("runs").join(cfg.name());
@@ -85,7 +92,7 @@ pub fn run_grid(grid: &DeepRcGrid) -> Result<Vec<DeepRcSummary>> {
             }
             None => {
                 info!("[{}/{}] {}", i + 1, runs.len(), cfg.name());
-                train(cfg, &dir, grid.progress)?
+                train_on(cfg, &data, &dir, grid.progress)?
             }
         };
         summaries.push(s);
@@ -210,7 +217,6 @@ pub fn write_report(out: &Path, summaries: &[DeepRcSummary]) -> Result<()> {
     let mut widths: Vec<usize> = settings.iter().map(|s| s.0).collect();
     widths.dedup();
     let mut panels = vec![];
-    let mut legend = vec![];
     for (row, metric) in ["test ROC AUC", "attention recovery"].iter().enumerate() {
         for &w in &widths {
             let mut p = Panel {
@@ -220,8 +226,7 @@ pub fn write_report(out: &Path, summaries: &[DeepRcSummary]) -> Result<()> {
                 series: vec![],
                 y_range: Some((0.0, 1.0)),
             };
-            for (j, &f) in forgets.iter().enumerate() {
-                let color = COLORS[j % COLORS.len()];
+            for &f in &forgets {
                 let (mut x, mut y, mut lo, mut hi) = (vec![], vec![], vec![], vec![]);
                 for &(_, k) in settings.iter().filter(|s| s.0 == w) {
                     let Some(s) = find(w, k, f) else { continue };
@@ -240,7 +245,7 @@ pub fn write_report(out: &Path, summaries: &[DeepRcSummary]) -> Result<()> {
                 }
                 if !x.is_empty() {
                     let band = (row == 0).then_some((lo, hi));
-                    p.series.push(Series { label: f.name().into(), color, x, y, band });
+                    p.series.push(Series { label: f.name().into(), color: color(f), x, y, band });
                 }
             }
             if !p.series.is_empty() {
@@ -248,9 +253,7 @@ pub fn write_report(out: &Path, summaries: &[DeepRcSummary]) -> Result<()> {
             }
         }
     }
-    for (j, f) in forgets.iter().enumerate() {
-        legend.push((f.name().to_string(), COLORS[j % COLORS.len()]));
-    }
+    let legend = forgets.iter().map(|&f| (f.name().to_string(), color(f))).collect();
     let fig = Figure {
         title: "DeepRC grid (band: +- std over folds)".into(),
         cols: widths.len().max(1),

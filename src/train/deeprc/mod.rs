@@ -238,7 +238,7 @@ pub fn load_data(cfg: &DeepRcTrainConfig) -> Result<RepertoireData> {
     for r in reports.iter().filter(|r| r.kept < r.rows) {
         info!("{r}");
     }
-    let positives = dataset.labels.iter().filter(|&&l| l).count();
+    let positives = dataset.positives();
     if positives == 0 || positives == dataset.labels.len() {
         return Err(Error::Data {
             path: meta,
@@ -453,8 +453,10 @@ fn batch_of(
     Ok(BagBatch { x, lengths, bag_sizes: sel.rows.iter().map(Vec::len).collect() })
 }
 
-fn attention_config(cfg: &DeepRcTrainConfig, training: bool, seed: u64) -> AttentionConfig {
-    AttentionConfig { training, seed, ..AttentionConfig::with_forgetting(cfg.forget.forgetting()) }
+/// The mode and threshold seed of an attention call; the forgetting
+/// function and beta are the model's, which [`DeepRc::forward`] sets.
+fn attention_config(training: bool, seed: u64) -> AttentionConfig {
+    AttentionConfig { training, seed, ..Default::default() }
 }
 
 /// How well the attention finds the implanted sequences of one positive bag:
@@ -505,7 +507,7 @@ pub fn evaluate(
         let sel = select(model, store, data, cfg, chunk, None)?;
         let batch = batch_of(data, cfg, chunk, &sel)?;
         let mut tape = Tape::inference(store);
-        let out = model.forward(&mut tape, &batch, &attention_config(cfg, false, 0))?;
+        let out = model.forward(&mut tape, &batch, &attention_config(false, 0))?;
         for s in tape.attention_stats() {
             forgotten += s.forgotten;
             entries += s.entries;
@@ -605,6 +607,9 @@ pub struct DeepRcSummary {
     /// Peak resident memory of the process: the high-water mark, so in a
     /// grid it covers every run before this one too.
     pub peak_rss_mib: f64,
+    /// Seconds of the run: from [`train`], loading the data included; from
+    /// [`train_on`] (each cell a grid trains), the data came loaded and
+    /// their reading is not counted.
     pub wall_time_s: f64,
 }
 
@@ -670,9 +675,36 @@ fn progress_bar(total: u64, show: bool, name: &str) -> ProgressBar {
 /// Trains every fold (or `cfg.only_folds`) and writes `metrics.jsonl`,
 /// `summary.json`, `fold<k>/best.safetensors` and the curves into `out`.
 pub fn train(cfg: &DeepRcTrainConfig, out: &Path, progress: bool) -> Result<DeepRcSummary> {
+    // Checked before loading, so a bad value costs no read of the data.
     cfg.validate()?;
     let start = Instant::now();
     let data = load_data(cfg)?;
+    train_since(cfg, &data, out, progress, start)
+}
+
+/// [`train`] on data already loaded, so that runs over one data set (a
+/// grid) read it once. `data` must be what [`load_data`] gives for `cfg`'s
+/// data, columns and `log_counts` (the bag scales depend on it). The
+/// summary's `wall_time_s` starts here, so it leaves the loading out.
+pub fn train_on(
+    cfg: &DeepRcTrainConfig,
+    data: &RepertoireData,
+    out: &Path,
+    progress: bool,
+) -> Result<DeepRcSummary> {
+    cfg.validate()?;
+    train_since(cfg, data, out, progress, Instant::now())
+}
+
+/// The training of [`train`] and [`train_on`]; `start` is where the
+/// summary's wall time counts from.
+fn train_since(
+    cfg: &DeepRcTrainConfig,
+    data: &RepertoireData,
+    out: &Path,
+    progress: bool,
+    start: Instant,
+) -> Result<DeepRcSummary> {
     let labels = &data.dataset.labels;
     let fold_of = stratified_folds(labels, cfg.folds, cfg.seed)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -684,7 +716,7 @@ pub fn train(cfg: &DeepRcTrainConfig, out: &Path, progress: bool) -> Result<Deep
         "{}: {} bags ({} positive), {sequences} sequences, folds {folds:?}",
         cfg.name(),
         labels.len(),
-        labels.iter().filter(|&&l| l).count()
+        data.dataset.positives()
     );
 
     let pb = progress_bar(cfg.steps * folds.len() as u64, progress, &cfg.name());
@@ -693,7 +725,7 @@ pub fn train(cfg: &DeepRcTrainConfig, out: &Path, progress: bool) -> Result<Deep
     let mut parameters = 0;
     for &fold in &folds {
         let t = Instant::now();
-        let (s, n_params, secs) = train_fold(cfg, &data, &fold_of, fold, out, &mut metrics, &pb)?;
+        let (s, n_params, secs) = train_fold(cfg, data, &fold_of, fold, out, &mut metrics, &pb)?;
         train_time += secs;
         parameters = n_params;
         info!(
@@ -718,7 +750,7 @@ pub fn train(cfg: &DeepRcTrainConfig, out: &Path, progress: bool) -> Result<Deep
         config: cfg.clone(),
         parameters,
         bags: labels.len(),
-        positives: labels.iter().filter(|&&l| l).count(),
+        positives: data.dataset.positives(),
         sequences,
         auc_mean,
         auc_std,
@@ -727,7 +759,7 @@ pub fn train(cfg: &DeepRcTrainConfig, out: &Path, progress: bool) -> Result<Deep
         recovery_precision_at_k: mean_of(&|s| s.test.recovery.as_ref().map(|r| r.precision_at_k)),
         recovery_recall_in_top: mean_of(&|s| s.test.recovery.as_ref().map(|r| r.recall_in_top)),
         steps_per_s: (cfg.steps * folds.len() as u64) as f64 / train_time.max(1e-9),
-        data_fingerprint: data_fingerprint(&data),
+        data_fingerprint: data_fingerprint(data),
         peak_rss_mib: peak_rss_mib(),
         wall_time_s: start.elapsed().as_secs_f64(),
         folds: summaries,
@@ -768,7 +800,7 @@ pub fn training_step(
     let targets: Vec<f32> =
         bags.iter().map(|&b| if data.dataset.labels[b] { 1.0 } else { 0.0 }).collect();
     let mut tape = Tape::new(store);
-    let logits = model.forward(&mut tape, &batch, &attention_config(cfg, true, seed))?.logits;
+    let logits = model.forward(&mut tape, &batch, &attention_config(true, seed))?.logits;
     let loss = tape.bce_with_logits(logits, &targets)?;
     let loss_value = tape.value(loss).item().unwrap_or(f32::NAN) as f64;
     if !loss_value.is_finite() {
