@@ -159,9 +159,8 @@ fn sixteen_bit_forward_gives_the_f32_bits_on_rounded_inputs() {
             let f32_cfg = AttentionConfig { precision: Precision::F32, ..cfg };
             let want = emulated::forward(&rounded, &f32_cfg).expect("f32 kernels");
             assert_eq!(got.stats, want.stats, "{name}: statistics");
-            let bits = |x: &[f32]| x.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&got.o), bits(&want.o), "{name}: O");
-            assert_eq!(bits(&got.lse), bits(&want.lse), "{name}: lse");
+            common::assert_same_bits(&format!("{name}: O"), &got.o, &want.o);
+            common::assert_same_bits(&format!("{name}: lse"), &got.lse, &want.lse);
         }
     }
 }

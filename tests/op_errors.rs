@@ -145,4 +145,38 @@ fn values_beyond_the_precision_are_an_error() {
         let cfg = AttentionConfig { precision, ..Default::default() };
         assert!(op::forward(&input, &cfg, Backend::Cpu).is_ok(), "{}", precision.name());
     }
+    // The backward checks it too, on every input: K this time.
+    let (mut k_big, v_ok) = (ones(s.k_len()), ones(s.v_len()));
+    k_big[3] = -65_520.0;
+    let ok = AttentionInput { q: &q, k: &k, v: &v_ok, valid: None, shape: s };
+    let bad = AttentionInput { k: &k_big, ..ok };
+    let f32_cfg = AttentionConfig::default();
+    let fwd = op::forward(&ok, &f32_cfg, Backend::Cpu).expect("forward");
+    for backend in [Backend::Reference, Backend::Cpu, Backend::Unfused, Backend::Emulated] {
+        let e = op::backward(&bad, &f16, &fwd, &ones(s.o_len()), backend).unwrap_err();
+        assert!(
+            matches!(e, Error::OutOfRange { tensor: "K", index: 3, precision: "f16", .. }),
+            "{backend:?}: {e}"
+        );
+    }
+}
+
+/// Rounding to nearest, ties to even, at known values: bf16 keeps 8
+/// significant bits, fp16 11 and ends at 65504 (65519 rounds down to it,
+/// 65520 is halfway to 2^16 and rounds to infinity).
+#[test]
+fn precision_rounds_to_nearest_even() {
+    use lwpf::op::Precision;
+    let bf = Precision::Bf16;
+    assert_eq!(bf.round(1.0 + 2f32.powi(-8)), 1.0, "tie to the even 1");
+    assert_eq!(bf.round(1.0 + 3.0 * 2f32.powi(-8)), 1.0 + 2f32.powi(-6), "tie to the even side");
+    assert_eq!(bf.round(1.0 + 2f32.powi(-8) + 2f32.powi(-20)), 1.0 + 2f32.powi(-7), "above a tie");
+    assert_eq!(bf.bits(1.0), Some(0x3f80));
+    let h = Precision::F16;
+    assert_eq!(h.round(1.0 + 2f32.powi(-11)), 1.0, "tie to the even 1");
+    assert_eq!(h.round(65_519.0), 65_504.0);
+    assert_eq!(h.round(65_520.0), f32::INFINITY);
+    assert_eq!(h.bits(1.0), Some(0x3c00));
+    assert_eq!(h.bits(-2.0), Some(0xc000));
+    assert_eq!(Precision::F32.round(1.0 + 2f32.powi(-20)), 1.0 + 2f32.powi(-20));
 }

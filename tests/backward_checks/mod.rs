@@ -64,10 +64,7 @@ pub fn wide_cases(seed: u64) -> Vec<Case> {
         "pfu median b=z cg=true drop_forgotten=false train+dropout",
         "pfu fixed b=fixed cg=false drop_forgotten=false eval",
     ];
-    let cases: Vec<Case> =
-        option_matrix(WIDE_BETA, seed).into_iter().filter(|c| names.contains(&&*c.name)).collect();
-    assert_eq!(cases.len(), names.len(), "every wide case is in the option matrix");
-    cases
+    cases_named(WIDE_BETA, seed, &names)
 }
 
 /// `shapes` (wide ones) on [`wide_cases`], with and without a key padding
@@ -289,8 +286,7 @@ pub fn deterministic_is_bit_identical_on(
             ("dK", &first.dk, &again.dk),
             ("dV", &first.dv, &again.dv),
         ] {
-            let same = a.iter().zip(b.iter()).all(|(x, y)| x.to_bits() == y.to_bits());
-            assert!(same, "{t} differs in run {run}");
+            assert_same_bits(&format!("{t}, run {run}"), b, a);
         }
     }
 }
